@@ -1,0 +1,291 @@
+"""`Spec`: the validated, frozen description of one run, built once from the Hydra config.
+
+Every error in a config is caught here, once, with a message naming the key, what was wrong and
+what is allowed; nothing downstream re-validates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from . import activations
+from . import init as inits
+
+ARCHS = ("mlp",)
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+QUANTITIES = ("forward", "activation", "backward", "weight_grad")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message is one line: what, and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One run: the network, its initialization, the inputs and where to compute.
+
+    widths = (n_0, n_1, …, n_L); layer l's weight has torch's layout (n_l, n_{l-1}).
+    """
+
+    depth: int
+    widths: tuple[int, ...]
+    width: int | None
+    scheme: str
+    mode: str
+    gain: float
+    gain_source: str
+    nonlinearity: str | None
+    a: float | None
+    act: str
+    act_params: tuple[tuple[str, float], ...]
+    bias_std: float
+    input_var: float
+    batch: int
+    replicates: int
+    seed: int
+    device: str
+    dtype: str
+    arch: str = "mlp"
+    memory_budget_mb: float = 2048.0
+
+    # ---- derived views ------------------------------------------------------------------
+    @property
+    def activation(self) -> activations.Activation:
+        return activations.get(self.act, **dict(self.act_params))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_shapes(self) -> list[tuple[int, ...]]:
+        """One member's weight shape per layer: (n_l, n_{l-1}), l = 1..L."""
+        return [(self.widths[l + 1], self.widths[l]) for l in range(self.depth)]
+
+    def weight_variances(self) -> list[float]:
+        """Var(W^l) per layer, from the one function the sampler uses too."""
+        return [
+            inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain)
+            for s in self.weight_shapes
+        ]
+
+    def columns(self) -> dict[str, Any]:
+        """The config columns every row of this run's metrics carries."""
+        act_param = ",".join(f"{k}={v:g}" for k, v in self.act_params)
+        return {
+            "arch": self.arch,
+            "scheme": self.scheme,
+            "mode": self.mode,
+            "act": self.act,
+            "act_params": act_param,
+            "depth": self.depth,
+            "width": self.width,
+            "widths": ",".join(map(str, self.widths)),
+            "gain": self.gain,
+            "batch": self.batch,
+            "replicates": self.replicates,
+            "seed": self.seed,
+            "bias_std": self.bias_std,
+            "input_var": self.input_var,
+            "dtype": self.dtype,
+            "device": self.device,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        d["act_params"] = dict(self.act_params)
+        return d
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Spec:
+        """Validate a (resolved) config mapping and build the Spec; raises ConfigError."""
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            if isinstance(cfg, DictConfig):
+                cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        except ImportError:  # pragma: no cover - omegaconf comes with hydra
+            pass
+        cfg = dict(cfg)
+
+        arch = _choice(cfg, "arch", ARCHS, default="mlp")
+        depth = _int(cfg, "depth", minimum=1)
+        width = cfg.get("width")
+        widths_cfg = cfg.get("widths")
+        if widths_cfg is None:
+            width = _int(cfg, "width", minimum=1)
+            widths = (width,) * (depth + 1)
+        else:
+            if isinstance(widths_cfg, str) or not isinstance(widths_cfg, (list, tuple)):
+                raise ConfigError(
+                    f"widths must be a list n_0..n_L of depth+1 = {depth + 1} integers ≥ 1, "
+                    f"e.g. widths=[64,128,10]; got {widths_cfg!r}"
+                )
+            if len(widths_cfg) != depth + 1:
+                raise ConfigError(
+                    f"widths must list depth+1 = {depth + 1} integers n_0..n_L (depth={depth}); "
+                    f"got {len(widths_cfg)}"
+                )
+            if not all(_is_int(w) and w >= 1 for w in widths_cfg):
+                raise ConfigError(f"widths must be integers ≥ 1; got {list(widths_cfg)}")
+            widths = tuple(int(w) for w in widths_cfg)
+            width = None
+
+        act_cfg = cfg.get("act")
+        if not isinstance(act_cfg, Mapping) or "name" not in act_cfg:
+            raise ConfigError(f"act must be chosen from: {', '.join(activations.NAMES)}")
+        act_cfg = dict(act_cfg)
+        act_name = act_cfg.pop("name")
+        act_params = {k: v for k, v in act_cfg.items() if v is not None}
+        for k, v in act_params.items():
+            if not _is_number(v):
+                raise ConfigError(f"act.{k} must be a number; got {v!r}")
+        try:
+            act = activations.get(act_name, **act_params)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+        mode = _choice(cfg, "mode", inits.MODES, default="fan_in")
+        scheme_name, gain, gain_source, nonlinearity, a = _resolve_scheme(cfg, act, mode)
+
+        bias_std = _float(cfg, "bias_std", minimum=0.0, default=0.0)
+        input_var = _float(cfg, "input_var", minimum=0.0, default=1.0, strict=True)
+        batch = _int(cfg, "batch", minimum=1)
+        replicates = _int(cfg, "replicates", minimum=1)
+        seed = _int(cfg, "seed", minimum=0, default=0)
+        device = _resolve_device(cfg.get("device", "auto"))
+        dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
+        budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
+
+        return cls(
+            arch=arch,
+            depth=depth,
+            widths=widths,
+            width=width,
+            scheme=scheme_name,
+            mode=mode,
+            gain=gain,
+            gain_source=gain_source,
+            nonlinearity=nonlinearity,
+            a=a,
+            act=act.name,
+            act_params=tuple(act.params.items()),
+            bias_std=bias_std,
+            input_var=input_var,
+            batch=batch,
+            replicates=replicates,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            memory_budget_mb=budget,
+        )
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _int(cfg: Mapping[str, Any], key: str, *, minimum: int, default: int | None = None) -> int:
+    v = cfg.get(key, default)
+    if not _is_int(v) or v < minimum:
+        raise ConfigError(f"{key} must be an integer ≥ {minimum}; got {v!r}")
+    return int(v)
+
+
+def _float(
+    cfg: Mapping[str, Any], key: str, *, minimum: float, default: float, strict: bool = False
+) -> float:
+    v = cfg.get(key, default)
+    ok = _is_number(v) and (v > minimum if strict else v >= minimum)
+    if not ok:
+        bound = f"> {minimum:g}" if strict else f"≥ {minimum:g}"
+        raise ConfigError(f"{key} must be a finite number {bound}; got {v!r}")
+    return float(v)
+
+
+def _choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], *, default: str) -> str:
+    v = cfg.get(key, default)
+    if v not in allowed:
+        raise ConfigError(f"unknown {key} {v!r}; allowed: {', '.join(allowed)}")
+    return str(v)
+
+
+def _resolve_device(device: Any) -> str:
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available on this machine; allowed: auto, cpu")
+    return str(device)
+
+
+def _resolve_scheme(
+    cfg: Mapping[str, Any], act: activations.Activation, mode: str
+) -> tuple[str, float, str, str | None, float | None]:
+    """(scheme name, gain, how the gain was chosen, nonlinearity, a) from cfg['scheme']."""
+    sc = cfg.get("scheme")
+    if not isinstance(sc, Mapping) or "name" not in sc:
+        raise ConfigError(f"scheme must be chosen from: {', '.join(inits.NAMES)}")
+    name = sc["name"]
+    try:
+        entry = inits.scheme(name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    gain, nonlinearity, a = sc.get("gain"), sc.get("nonlinearity"), sc.get("a")
+    allowed = [k for k, used in [("gain", entry.uses_gain), ("nonlinearity", entry.uses_nonlinearity),
+                                 ("a", entry.uses_nonlinearity)] if used]
+    for key, val in (("gain", gain), ("nonlinearity", nonlinearity), ("a", a)):
+        if val is not None and key not in allowed:
+            raise ConfigError(
+                f"scheme {name} takes no {key} (its parameters: {', '.join(allowed) or 'none'}); "
+                f"got scheme.{key}={val!r}"
+            )
+    if gain is not None and not (_is_number(gain) and gain > 0):
+        raise ConfigError(f"scheme.gain must be a finite number > 0; got {gain!r}")
+    if a is not None and not _is_number(a):
+        raise ConfigError(f"scheme.a must be a number; got {a!r}")
+
+    if entry.family == "torch_default":
+        g = inits.resolve_gain(entry.name)
+        return name, g, f"kaiming_uniform_(a=√5): gain √(1/3) = {g:.4g}", None, None
+    if gain is not None:
+        g = float(gain)
+        return name, g, f"gain {g:g} (set by scheme.gain)", nonlinearity, a
+    if entry.family != "kaiming":
+        return name, 1.0, "gain 1 (torch's default)", None, None
+
+    # kaiming: the nonlinearity follows act where calculate_gain knows it
+    note = ""
+    if nonlinearity is None:
+        if act.kind.gain_name is not None:
+            nonlinearity = act.kind.gain_name
+            note = "follows act"
+        else:
+            nonlinearity = "leaky_relu"
+            note = f"torch's default: calculate_gain does not know {act.name}"
+            a = 0.0 if a is None else a
+    elif nonlinearity not in inits.GAIN_NONLINEARITIES:
+        raise ConfigError(
+            f"scheme.nonlinearity {nonlinearity!r} is not one calculate_gain knows; allowed: "
+            f"{', '.join(inits.GAIN_NONLINEARITIES)}"
+        )
+    if a is None:
+        a = act.gain_param if (nonlinearity == "leaky_relu" and act.gain_param is not None) else 0.0
+    g = float(inits.calculate_gain(nonlinearity, float(a)))
+    arg = f", a={a:g}" if nonlinearity == "leaky_relu" else ""
+    source = f"calculate_gain('{nonlinearity}'{arg}) = {g:.4g}" + (f" ({note})" if note else "")
+    return name, g, source, nonlinearity, float(a)
