@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -108,7 +109,9 @@ def chunk_size(spec: Spec) -> int:
     return max(1, min(spec.replicates, int(budget // bytes_per_replicate(spec))))
 
 
+@cache
 def device_name(device: str) -> str:
+    """A readable name of the device (the GPU's name, or the CPU and its thread count)."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     import platform

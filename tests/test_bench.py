@@ -1,0 +1,76 @@
+"""The benchmark's naive baseline computes the same statistics as the harness, and draws its
+weights from the same distributions; `python -m harness.bench --quick` runs end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from harness.bench import naive_measure, naive_networks, workload
+from harness.runner import propagate
+from tests.conftest import small_spec
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_naive_loop_equals_batched_runner_on_its_own_weights(act):
+    spec = small_spec(f"act={act}", "depth=4", "widths=[6,9,5,7,3]", "batch=5", "replicates=3",
+                      "bias_std=0.2", "dtype=float64", "scheme=xavier_uniform")
+    g = torch.Generator().manual_seed(0)
+    nets = naive_networks(spec, g)
+    g_inputs = torch.Generator().manual_seed(1)
+    naive = naive_measure(spec, torch.Generator().manual_seed(1), nets=nets)
+    # the same weights, stacked, and the same inputs/cotangents drawn in the same order
+    lins = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
+    weights = [torch.stack([lins[r][l].weight.detach() for r in range(3)]) for l in range(4)]
+    biases = [torch.stack([lins[r][l].bias.detach() for r in range(3)]) for l in range(4)]
+    xs, cots = [], []
+    for _ in range(3):
+        xs.append(torch.randn(5, 6, generator=g_inputs, dtype=torch.float64))
+        cots.append(torch.randn(5, 3, generator=g_inputs, dtype=torch.float64))
+    got = propagate(weights, biases, torch.stack(xs), torch.stack(cots), spec.activation)
+    for k, v in naive.items():
+        np.testing.assert_allclose(got[k].numpy(), v, rtol=1e-10, err_msg=k)
+
+
+@pytest.mark.parametrize("overrides", [
+    ("scheme=kaiming", "act=relu"), ("scheme=kaiming_uniform", "mode=fan_out", "act=tanh"),
+    ("scheme=kaiming", "act=gelu"), ("scheme=kaiming", "scheme.gain=0.7"),
+    ("scheme=xavier", "scheme.gain=1.3"), ("scheme=orthogonal",), ("scheme=lecun_normal",),
+    ("scheme=torch_default",),
+])
+def test_naive_weights_have_the_harness_variance(overrides):
+    """E[W²] of the naive loop's torch.nn.init weights equals weight_variance within 5 s.e."""
+    spec = small_spec(*overrides, "depth=2", "widths=[96,64,48]", "replicates=40", "batch=1")
+    nets = naive_networks(spec, torch.Generator().manual_seed(2))
+    for l, var in enumerate(spec.weight_variances()):
+        w = torch.cat([[m for m in n if isinstance(m, nn.Linear)][l].weight.detach().ravel()
+                       for n in nets]).double()
+        m2, se = w.square().mean().item(), w.square().std().item() / math.sqrt(w.numel())
+        assert abs(m2 - var) <= 5 * se, (l, m2, var)
+
+
+def test_workload_counts_forward_and_backward_matmuls():
+    spec = small_spec("depth=3", "widths=[4,8,2,5]", "batch=7", "replicates=2")
+    flops, rand = workload(spec)
+    mm = [2 * 7 * 4 * 8, 2 * 7 * 8 * 2, 2 * 7 * 2 * 5]
+    assert flops == 2 * (mm[0] + 2 * mm[1] + 2 * mm[2])
+    assert rand == 2 * (32 + 16 + 10) + 2 * 7 * (4 + 5)
+
+
+def test_bench_quick_end_to_end(run_cli, tmp_path):
+    res = run_cli("--quick", "--repeat", "1", "--out", str(tmp_path / "b"), module="harness.bench")
+    assert res.returncode == 0, res.stderr
+    df = pd.read_parquet(tmp_path / "b" / "bench.parquet")
+    assert len(df) == 2 and (df["speedup"] > 0).all() and (df["roofline_frac"] > 0).all()
+    assert (tmp_path / "b" / "bench.png").is_file()
+    assert "speedup" in res.stdout
+
+
+def test_bench_bad_device_is_one_line(run_cli):
+    res = run_cli("--quick", "--dtype", "float16", module="harness.bench")
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: unknown dtype")
