@@ -16,9 +16,15 @@ xavier_normal      2g²/(fan_in+fan_out)       N(0, Var)
 kaiming_uniform    g²/fan_mode                U(−b, b), b = g√(3/fan_mode)
 kaiming_normal     g²/fan_mode                N(0, Var)
 orthogonal         g²/max(rows, cols)         g·Q, Q from the QR of a Gaussian (rows, cols)
+delta_orthogonal   g²/(out·∏kernel)           centre tap g·Q (out×in, orthonormal columns),
+                                              every other tap 0 (Xiao et al. 2018)
 lecun_normal       g²/fan_in (g = 1)          N(0, σ²) truncated to ±2σ, σ = √Var/0.8796…
 torch_default      1/(3·fan_in)               kaiming_uniform_(a=√5): nn.Linear's default
 =================  =========================  ===========================================
+
+For delta_orthogonal the variance is the mean over all entries (the centre tap's entries have
+mean square g²/out, the others are 0), so fan_in·Var(W) = g²·in/out, which is g² for square
+layers; `tap_variances` gives the per-tap profile the position-resolved conv theory needs.
 
 `xavier` and `kaiming` are short names for xavier_normal and kaiming_normal. lecun_normal is
 Keras's and JAX's: a truncated normal whose std is corrected so the realized variance is 1/fan_in.
@@ -29,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 #: std of N(0, 1) truncated to (−2, 2)
@@ -52,8 +59,8 @@ class Scheme:
     """A registry entry: how one scheme draws a member's weight and which knobs it takes."""
 
     name: str
-    distribution: str  # uniform | normal | truncated_normal | orthogonal
-    family: str  # xavier | kaiming | orthogonal | lecun | torch_default
+    distribution: str  # uniform | normal | truncated_normal | orthogonal | delta_orthogonal
+    family: str  # xavier | kaiming | orthogonal | delta_orthogonal | lecun | torch_default
     torch_name: str | None  # the torch.nn.init function it reproduces
     doc: str
 
@@ -67,7 +74,7 @@ class Scheme:
 
     @property
     def uses_gain(self) -> bool:
-        return self.family in ("xavier", "kaiming", "orthogonal")
+        return self.family in ("xavier", "kaiming", "orthogonal", "delta_orthogonal")
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -78,6 +85,8 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("kaiming_uniform", "uniform", "kaiming", "kaiming_uniform_", "He et al. 2015"),
         Scheme("kaiming_normal", "normal", "kaiming", "kaiming_normal_", "He et al. 2015"),
         Scheme("orthogonal", "orthogonal", "orthogonal", "orthogonal_", "Saxe et al. 2014"),
+        Scheme("delta_orthogonal", "delta_orthogonal", "delta_orthogonal", None,
+               "Xiao et al. 2018"),
         Scheme("lecun_normal", "truncated_normal", "lecun", None, "LeCun et al. 1998 (Keras/JAX)"),
         Scheme("torch_default", "uniform", "torch_default", "kaiming_uniform_", "nn.Linear"),
     ]
@@ -175,8 +184,28 @@ def weight_variance(
     if entry.family == "orthogonal":
         rows, cols = shape[0], math.prod(shape[1:])
         return g2 / max(rows, cols)
+    if entry.family == "delta_orthogonal":  # mean over all taps; only the centre is nonzero
+        return g2 / (shape[0] * math.prod(shape[2:]))
     # lecun and torch_default scale by fan_in
     return g2 / fan_in
+
+
+def tap_variances(
+    name: str, shape: tuple[int, ...] | torch.Size, *, mode: str = "fan_in", gain: float = 1.0
+) -> np.ndarray:
+    """E[W[:, :, t]²] per kernel tap t, an array of shape ``shape[2:]`` (a 0-d array for a
+    Linear weight); its mean over taps is `weight_variance`.
+
+    Every scheme but delta_orthogonal treats all taps alike; delta_orthogonal puts g²/out on
+    the centre tap (an orthogonal out×in matrix with orthonormal columns) and 0 elsewhere.
+    """
+    kernel = tuple(shape[2:])
+    var = weight_variance(name, shape, mode=mode, gain=gain)
+    if scheme(name).family != "delta_orthogonal":
+        return np.full(kernel, var)
+    taps = np.zeros(kernel)
+    taps[tuple(k // 2 for k in kernel)] = var * math.prod(kernel)
+    return taps
 
 
 def _orthogonal_(weight: torch.Tensor, gain: float, generator: torch.Generator | None) -> None:
@@ -192,6 +221,24 @@ def _orthogonal_(weight: torch.Tensor, gain: float, generator: torch.Generator |
     if rows < cols:
         q = q.transpose(1, 2)
     weight.copy_(q.reshape(weight.shape)).mul_(gain)
+
+
+def _delta_orthogonal_(
+    weight: torch.Tensor, gain: float, generator: torch.Generator | None
+) -> None:
+    # Xiao et al. 2018, Algorithm 2: the centre tap is g·H, H (out, in) with orthonormal
+    # columns (out ≥ in), drawn as torch's orthogonal_ draws it; every other tap is 0
+    out, in_ = weight.shape[1], weight.shape[2]
+    if in_ > out:
+        raise ValueError(
+            f"delta_orthogonal needs in ≤ out (an out×in centre tap with orthonormal columns); "
+            f"got a member weight of shape {tuple(weight.shape[1:])}"
+        )
+    centre = torch.empty((weight.shape[0], out, in_), dtype=weight.dtype, device=weight.device)
+    if centre[0].numel():
+        _orthogonal_(centre, gain, generator)
+    weight.zero_()
+    weight[(slice(None), slice(None), slice(None), *(k // 2 for k in weight.shape[3:]))] = centre
 
 
 @torch.no_grad()
@@ -217,7 +264,8 @@ def init_(
         gain: overrides the scheme's gain (default: 1, or kaiming's calculate_gain).
         generator: the torch.Generator to draw from (on the weight's device).
 
-    Std σ = √weight_variance(...); uniform variants draw U(−√3σ, √3σ).
+    Std σ = √weight_variance(...); uniform variants draw U(−√3σ, √3σ). delta_orthogonal zeroes
+    the weight and sets its centre tap to g·H, H (out, in) with orthonormal columns (in ≤ out).
 
     >>> w = torch.empty(8, 64, 32)
     >>> _ = init_(w, "kaiming_normal", nonlinearity="relu")   # each member: std √(2/32)
@@ -233,6 +281,9 @@ def init_(
         if weight[0].numel() == 0:
             return weight
         _orthogonal_(weight, g, generator)
+        return weight
+    if entry.distribution == "delta_orthogonal":
+        _delta_orthogonal_(weight, g, generator)
         return weight
     std = math.sqrt(weight_variance(entry.name, member, mode=mode, gain=g))
     if entry.distribution == "uniform":

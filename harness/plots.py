@@ -16,6 +16,8 @@ LABELS = {
     "activation": r"activation: mean $\phi(h^l)^2$",
     "backward": r"backward: mean $(\partial\,\mathrm{loss}/\partial h^l)^2$",
     "weight_grad": r"weight grad: mean $(\partial\,\mathrm{loss}/\partial W^l)^2$",
+    "channel_mean_sq": r"channel mean$^2$: mean$_c$ $\bar h_c^2$",
+    "channel_var": r"channel variance: mean$_c$ Var $h_c$",
 }
 
 
@@ -43,9 +45,13 @@ def title_of(df: pd.DataFrame) -> str:
     row = df.iloc[0]
     width = row["width"] if pd.notna(row["width"]) else f"[{row['widths']}]"
     act = row["act"] + (f"({row['act_params']})" if row.get("act_params") else "")
+    conv = ""
+    if row["arch"] == "conv":
+        image = "×".join([str(row["image"])] * int(row["conv_dim"]))
+        conv = f" · kernel {row['kernel']}, image {image}, {row['padding_mode']} padding"
     return (
         f"{row['arch']} · {row['scheme']} (gain {row['gain']:.3g}, {row['mode']}) · {act} · "
-        f"depth {row['depth']} · width {width} · {row['replicates']} replicates × "
+        f"depth {row['depth']} · width {width}{conv} · {row['replicates']} replicates × "
         f"{row['batch']} inputs · {row['device']} {row['dtype']}"
     )
 
@@ -70,4 +76,60 @@ def variance(df: pd.DataFrame, quantities: tuple[str, ...] = ("forward", "backwa
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best")
     fig.suptitle(title_of(df), fontsize=9)
+    return fig
+
+
+def _depths(layers: np.ndarray, n: int = 4) -> list[int]:
+    """n roughly evenly spaced layers from the first to the last."""
+    lo, hi = int(layers.min()), int(layers.max())
+    return sorted({int(round(x)) for x in np.linspace(lo, hi, n)})
+
+
+def positions(pos: pd.DataFrame) -> Figure:
+    """A conv run's position-resolved moments (a `positions.parquet` frame) against theory.
+
+    Left: forward and backward at the centre, the middle of an edge and the corner (Conv1d:
+    centre and edge) per layer, measured (± s.e.) as markers, theory as lines. Right: the
+    profile along the row through the centre at a few depths, as a fraction of the theory at
+    the centre, so the border deficit and how far it reaches inward can be read off.
+    """
+    from .summary import landmarks
+
+    fig, axes = plt.subplots(2, 2, figsize=(10.4, 7.2), constrained_layout=True)
+    for i, q in enumerate(("forward", "backward")):
+        d = pos[pos["quantity"] == q]
+        ax = axes[i][0]
+        for j, (name, where) in enumerate(landmarks(d).items()):
+            if where is None:
+                continue
+            e = d[where].sort_values("layer")
+            ax.errorbar(e["layer"], e["value"], yerr=e["sem"], fmt="o", ms=3, color=f"C{j}",
+                        label=f"{name} (measured)")
+            ax.plot(e["layer"], e["theory"], "-", lw=1.2, color=f"C{j}", label=f"{name} (theory)")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer $l$")
+        ax.set_title(LABELS[q] + " at a position", fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+
+        ax = axes[i][1]
+        two_d = "row" in d
+        axis = "col" if two_d else "pos"
+        n = int(d[axis].max()) + 1
+        line = d[d["row"] == n // 2] if two_d else d
+        centre = line[line[axis] == n // 2].set_index("layer")["theory"]
+        for j, layer in enumerate(_depths(d["layer"].to_numpy())):
+            e = line[line["layer"] == layer].sort_values(axis)
+            ref = centre.loc[layer]
+            ax.errorbar(e[axis], e["value"] / ref, yerr=e["sem"] / ref, fmt="o", ms=3,
+                        color=f"C{j}", label=f"layer {layer} (measured)")
+            ax.plot(e[axis], e["theory"] / ref, "-", lw=1.2, color=f"C{j}",
+                    label=f"layer {layer} (theory)")
+        where = f"row {n // 2}, " if two_d else ""
+        ax.set_xlabel(f"position ({where}{axis})")
+        ax.set_ylabel("/ theory at the centre")
+        ax.set_title(f"{q}: profile through the centre", fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.suptitle(title_of(pos), fontsize=9)
     return fig

@@ -1,7 +1,9 @@
 """Tidy results: build the long DataFrame, write it atomically with how it was made, load it.
 
 One row per (replicate, layer, quantity): the run's config columns, `layer` (1..L), `replicate`,
-`quantity`, `value` (measured) and `theory` (predicted).
+`quantity`, `value` (measured) and `theory` (predicted). Conv runs also get `positions.parquet`:
+one row per (layer, position, quantity) with the replicate mean, its standard error and the
+position-resolved theory.
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .spec import QUANTITIES, Spec
+from .spec import Spec
 
 METRICS = "metrics.parquet"
 METADATA = "metadata.json"
+POSITIONS = "positions.parquet"
+#: config columns that are null for some runs (width with `widths`; the conv keys for an MLP),
+#: with nullable dtypes so that frames of every kind of run concatenate
+NULLABLE = {"width": "Int64", "kernel": "Int64", "image": "Int64", "conv_dim": "Int64",
+            "padding_mode": "string"}
 
 
 def to_frame(
@@ -34,7 +41,7 @@ def to_frame(
 ) -> pd.DataFrame:
     """Long format: measured (R, layers) and predicted (layers,) side by side per row."""
     parts = []
-    for quantity in QUANTITIES:
+    for quantity in spec.quantities:
         m = np.asarray(measured[quantity], dtype=np.float64)
         R, n = m.shape
         parts.append(
@@ -49,12 +56,53 @@ def to_frame(
             )
         )
     df = pd.concat(parts, ignore_index=True)
-    cols = spec.columns()
-    for k, v in cols.items():
-        df[k] = v
-    df["width"] = df["width"].astype("Int64")
+    cols = _with_config(df, spec)
     df["quantity"] = df["quantity"].astype("string")
     return df[[*cols, "layer", "replicate", "quantity", "value", "theory"]]
+
+
+def _with_config(df: pd.DataFrame, spec: Spec) -> list[str]:
+    """Add the run's config columns to df (in place, nullable dtypes); returns their names."""
+    cols = spec.columns()
+    for k, v in cols.items():
+        df[k] = pd.Series([v] * len(df), index=df.index, dtype=NULLABLE.get(k))
+    return list(cols)
+
+
+def positions_frame(
+    spec: Spec, measured: Mapping[str, np.ndarray], predicted: Mapping[str, np.ndarray]
+) -> pd.DataFrame:
+    """One row per (layer, position, quantity) of a conv run: `value` = the replicate mean,
+    `sem` = its standard error, `theory` = the position-resolved prediction.
+
+    measured: quantity -> (R, L, *S); predicted: quantity -> (L, *S). Positions are `row`, `col`
+    (Conv2d) or `pos` (Conv1d), 0-based.
+    """
+    names = ["row", "col"] if len(spec.spatial) == 2 else ["pos"]
+    parts = []
+    for quantity in ("forward", "backward"):
+        m = np.asarray(measured[quantity], dtype=np.float64)
+        R, L = m.shape[:2]
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean = m.mean(0)
+            sem = m.std(0, ddof=1) / np.sqrt(R) if R > 1 else np.full_like(mean, np.nan)
+        grid = np.indices(m.shape[1:]).reshape(1 + len(spec.spatial), -1)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "layer": grid[0] + 1,
+                    **{n: grid[1 + i] for i, n in enumerate(names)},
+                    "quantity": quantity,
+                    "value": mean.ravel(),
+                    "sem": sem.ravel(),
+                    "theory": np.asarray(predicted[quantity], dtype=np.float64).ravel(),
+                }
+            )
+        )
+    df = pd.concat(parts, ignore_index=True)
+    cols = _with_config(df, spec)
+    df["quantity"] = df["quantity"].astype("string")
+    return df[[*cols, "layer", *names, "quantity", "value", "sem", "theory"]]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -2,7 +2,8 @@
 
 A thin `@hydra.main` around `execute(cfg, out_dir)`, the plain function tests call on a composed
 config. Outputs (in Hydra's run directory): metrics.parquet, metadata.json, config.yaml,
-variance.png; `metrics.parquet` is written last, atomically, and marks a complete run.
+variance.png, and for arch=conv positions.parquet and positions.png; `metrics.parquet` is
+written last, atomically, and marks a complete run.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import cli, plots, summary
+from . import cli, conv_theory, plots, summary
 from .results import (
     METADATA,
     METRICS,
+    POSITIONS,
     atomic_write_bytes,
+    positions_frame,
     run_metadata,
     to_frame,
     write_json,
@@ -50,13 +53,16 @@ def execute(
     spec = Spec.from_config(cfg)
     out = Path(out_dir)
     say = print if echo else (lambda *a, **k: None)
-    say(f"harness: {spec.arch} depth {spec.depth}, widths {_widths(spec)}, {spec.replicates} "
-        f"replicates × {spec.batch} inputs on {spec.device} ({spec.dtype})")
+    say(f"harness: {spec.arch} depth {spec.depth}, widths {_widths(spec)}{_conv(spec)}, "
+        f"{spec.replicates} replicates × {spec.batch} inputs on {spec.device} ({spec.dtype})")
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
     measurement = measure(spec, progress=bool(cfg.get("progress", True)) and echo)
     predicted = predict(spec)
     df = to_frame(spec, measurement.values, predicted)
+    pos = None
+    if spec.is_conv:
+        pos = positions_frame(spec, measurement.positions, conv_theory.position_maps(spec))
 
     meta = run_metadata(
         spec,
@@ -70,21 +76,40 @@ def execute(
     atomic_write_bytes(out / "config.yaml", cli.resolved_yaml(cfg).encode())
     write_json(meta, out / METADATA)
     if cfg.get("plot", True):
-        with warnings.catch_warnings():  # log axes spanning an overflow warn; the plot is fine
-            warnings.simplefilter("ignore", RuntimeWarning)
-            fig = plots.variance(df)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=120)
-        plots.plt.close(fig)
-        atomic_write_bytes(out / "variance.png", buf.getvalue())
+        _save_png(plots.variance, df, out / "variance.png")
+        if pos is not None:
+            _save_png(plots.positions, pos, out / "positions.png")
+    if pos is not None:
+        write_parquet(pos, out / POSITIONS, meta)
     write_parquet(df, out / METRICS, meta)
 
     wall = time.perf_counter() - t0
     for line in summary.verdict(df):
         say(line)
+    if pos is not None:
+        for line in summary.position_lines(pos):
+            say(line)
     say(f"measured in {measurement.wall_s:.2f} s ({measurement.device_name}); "
         f"total {wall:.2f} s; outputs in {out}")
     return RunResult(spec, df, out, wall)
+
+
+def _save_png(plot, frame: pd.DataFrame, path: Path) -> None:
+    with warnings.catch_warnings():  # log axes spanning an overflow warn; the plot is fine
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fig = plot(frame)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+    plots.plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _conv(spec: Spec) -> str:
+    if not spec.is_conv:
+        return ""
+    image = "×".join([str(spec.image)] * spec.conv_dim)  # type: ignore[operator]
+    return (f" (channels), Conv{spec.conv_dim}d kernel {spec.kernel}, image {image}, "
+            f"{spec.padding_mode} padding")
 
 
 def _widths(spec: Spec) -> str:

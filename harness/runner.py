@@ -8,20 +8,22 @@ weight-gradient moment uses
     mean_{b,i,j} (δ_bi x_bj)² = mean_b[ mean_i δ_bi² · mean_j x_bj² ]
 
 (THEORY.md), so per-example gradients are never materialized either. Statistics stay on the
-device as (R, L) tensors and reach the host once per run.
+device as (R, L) tensors and reach the host once per run. Conv stacks (arch=conv) go through
+`harness.conv.propagate` instead: one grouped conv per layer, with per-position statistics.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from . import conv
 from .activations import Activation
 from .init import init_
 from .spec import Spec
@@ -31,12 +33,17 @@ Tick = Callable[[], object]
 
 @dataclass(frozen=True)
 class Measurement:
-    """Per-replicate statistics: quantity -> array (R, layers); activation has L-1 layers."""
+    """Per-replicate statistics: quantity -> array (R, layers); activation has L-1 layers.
+
+    positions (arch=conv): forward, backward -> array (R, L, *S), pooled over channels × inputs
+    at each position; empty for an MLP.
+    """
 
     values: dict[str, np.ndarray]
     wall_s: float
     chunk_size: int
     device_name: str
+    positions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def propagate(
@@ -96,6 +103,8 @@ def propagate(
 
 def bytes_per_replicate(spec: Spec) -> int:
     """Peak bytes one replicate needs: its weights, the saved φ'(h), and a few activations."""
+    if spec.is_conv:
+        return conv.bytes_per_replicate(spec)
     item = torch.empty((), dtype=spec.torch_dtype).element_size()
     weights = sum(math.prod(s) for s in spec.weight_shapes)
     saved = spec.batch * sum(spec.widths[1:-1])
@@ -109,7 +118,7 @@ def chunk_size(spec: Spec) -> int:
     return max(1, min(spec.replicates, int(budget // bytes_per_replicate(spec))))
 
 
-@cache
+@functools.cache
 def device_name(device: str) -> str:
     """A readable name of the device (the GPU's name, or the CPU and its thread count)."""
     if device.startswith("cuda"):
@@ -142,9 +151,10 @@ def sample_chunk(
             torch.empty((r, n), **kw).normal_(0.0, spec.bias_std, generator=generator)
             for n in spec.widths[1:]
         ]
-    x0 = torch.empty((r, spec.batch, spec.widths[0]), **kw)
+    x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), **kw)
     x0.normal_(0.0, math.sqrt(spec.input_var), generator=generator)
-    cot = torch.empty((r, spec.batch, spec.widths[-1]), **kw).normal_(generator=generator)
+    cot = torch.empty((r, spec.batch, spec.widths[-1], *spec.spatial), **kw)
+    cot.normal_(generator=generator)
     return weights, biases, x0, cot
 
 
@@ -162,20 +172,27 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
 
         bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False)
     act = spec.activation
+    run = functools.partial(conv.propagate, padding_mode=spec.padding_mode) if spec.is_conv else propagate
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
         weights, biases, x0, cot = sample_chunk(spec, r, generator)
-        parts.append(propagate(weights, biases, x0, cot, act, bar.update if bar else None))
+        parts.append(run(weights, biases, x0, cot, act, tick=bar.update if bar else None))
         del weights, biases, x0, cot
     if bar is not None:
         bar.close()
     # one device-to-host copy for all statistics
     keys = list(parts[0])
-    flat = torch.cat([torch.cat([p[k] for p in parts], 0) for k in keys], 1)
+    flat = torch.cat([torch.cat([p[k] for p in parts], 0).flatten(1) for k in keys], 1)
     host = flat.to("cpu", torch.float64).numpy()
-    values, col = {}, 0
+    values, positions, col = {}, {}, 0
     for k in keys:
-        n = parts[0][k].shape[1]
-        values[k] = host[:, col : col + n]
+        shape = parts[0][k].shape[1:]
+        n = math.prod(shape)
+        v = host[:, col : col + n]
         col += n
-    return Measurement(values, time.perf_counter() - start, size, device_name(spec.device))
+        if k.startswith(conv.POSITION):  # (R, L, P) -> (R, L, *S)
+            positions[k.removeprefix(conv.POSITION)] = v.reshape(-1, spec.depth, *spec.spatial)
+        else:
+            values[k] = v
+    return Measurement(values, time.perf_counter() - start, size, device_name(spec.device),
+                       positions)

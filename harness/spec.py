@@ -11,15 +11,21 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import activations
 from . import init as inits
 
-ARCHS = ("mlp",)
+ARCHS = ("mlp", "conv")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PADDING_MODES = ("zeros", "circular")
+CONV_DIMS = (1, 2)
 QUANTITIES = ("forward", "activation", "backward", "weight_grad")
+#: Brock et al. 2021's signal-propagation statistics, measured for arch=conv only
+CHANNEL_QUANTITIES = ("channel_mean_sq", "channel_var")
+ALL_QUANTITIES = (*QUANTITIES, *CHANNEL_QUANTITIES)
 
 
 class ConfigError(ValueError):
@@ -30,7 +36,9 @@ class ConfigError(ValueError):
 class Spec:
     """One run: the network, its initialization, the inputs and where to compute.
 
-    widths = (n_0, n_1, …, n_L); layer l's weight has torch's layout (n_l, n_{l-1}).
+    widths = (n_0, n_1, …, n_L); layer l's weight has torch's layout (n_l, n_{l-1}), or for
+    arch=conv (C_l, C_{l-1}, k, …) with conv_dim kernel dims, the widths being channels.
+    kernel, image, padding_mode and conv_dim are None for arch=mlp.
     """
 
     depth: int
@@ -53,6 +61,10 @@ class Spec:
     dtype: str
     arch: str = "mlp"
     memory_budget_mb: float = 2048.0
+    kernel: int | None = None
+    image: int | None = None
+    padding_mode: str | None = None
+    conv_dim: int | None = None
 
     # ---- derived views ------------------------------------------------------------------
     @property
@@ -64,14 +76,45 @@ class Spec:
         return DTYPES[self.dtype]
 
     @property
+    def is_conv(self) -> bool:
+        return self.arch == "conv"
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """The spatial shape of every layer: () for an MLP, (image,)·conv_dim for a conv."""
+        if not self.is_conv:
+            return ()
+        return (self.image,) * self.conv_dim  # type: ignore[operator]
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        """The kernel's spatial shape: () for an MLP, (k,)·conv_dim for a conv."""
+        if not self.is_conv:
+            return ()
+        return (self.kernel,) * self.conv_dim  # type: ignore[operator]
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        """The quantities measured for this arch (conv adds the channel statistics)."""
+        return ALL_QUANTITIES if self.is_conv else QUANTITIES
+
+    @property
     def weight_shapes(self) -> list[tuple[int, ...]]:
-        """One member's weight shape per layer: (n_l, n_{l-1}), l = 1..L."""
-        return [(self.widths[l + 1], self.widths[l]) for l in range(self.depth)]
+        """One member's weight shape per layer, l = 1..L: (n_l, n_{l-1}) for an MLP,
+        (C_l, C_{l-1}, *kernel_shape) for a conv."""
+        return [(self.widths[l + 1], self.widths[l], *self.kernel_shape) for l in range(self.depth)]
 
     def weight_variances(self) -> list[float]:
         """Var(W^l) per layer, from the one function the sampler uses too."""
         return [
             inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain)
+            for s in self.weight_shapes
+        ]
+
+    def tap_variances(self) -> list[np.ndarray]:
+        """E[W^l[:, :, t]²] per kernel tap t (shape kernel_shape), per layer."""
+        return [
+            inits.tap_variances(self.scheme, s, mode=self.mode, gain=self.gain)
             for s in self.weight_shapes
         ]
 
@@ -95,6 +138,10 @@ class Spec:
             "input_var": self.input_var,
             "dtype": self.dtype,
             "device": self.device,
+            "kernel": self.kernel,
+            "image": self.image,
+            "padding_mode": self.padding_mode,
+            "conv_dim": self.conv_dim,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +211,9 @@ class Spec:
         device = _resolve_device(cfg.get("device", "auto"))
         dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
+        conv = _conv_keys(cfg) if arch == "conv" else {}
+        if inits.scheme(scheme_name).family == "delta_orthogonal":
+            _check_delta_orthogonal(widths)
 
         return cls(
             arch=arch,
@@ -186,6 +236,7 @@ class Spec:
             device=device,
             dtype=dtype,
             memory_budget_mb=budget,
+            **conv,
         )
 
 
@@ -221,6 +272,34 @@ def _choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], *, defau
     if v not in allowed:
         raise ConfigError(f"unknown {key} {v!r}; allowed: {', '.join(allowed)}")
     return str(v)
+
+
+def _conv_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """kernel, image, padding_mode, conv_dim of an arch=conv config, validated."""
+    conv_dim = cfg.get("conv_dim", 2)
+    if not _is_int(conv_dim) or conv_dim not in CONV_DIMS:
+        raise ConfigError(f"unknown conv_dim {conv_dim!r}; allowed: 1 (Conv1d), 2 (Conv2d)")
+    padding_mode = _choice(cfg, "padding_mode", PADDING_MODES, default="zeros")
+    image = _int(cfg, "image", minimum=1, default=16)
+    kernel = _int(cfg, "kernel", minimum=1, default=3)
+    if kernel % 2 == 0:
+        raise ConfigError(
+            f"kernel must be odd for 'same' padding at stride 1 ((kernel-1)/2 on each side); "
+            f"got kernel={kernel}; allowed: 1, 3, 5, …"
+        )
+    if kernel > image:
+        raise ConfigError(f"kernel {kernel} is larger than the image {image}; need kernel ≤ image")
+    return dict(kernel=kernel, image=image, padding_mode=padding_mode, conv_dim=int(conv_dim))
+
+
+def _check_delta_orthogonal(widths: tuple[int, ...]) -> None:
+    """delta_orthogonal's centre tap has orthonormal columns only if C_in ≤ C_out."""
+    for l in range(1, len(widths)):
+        if widths[l - 1] > widths[l]:
+            raise ConfigError(
+                f"scheme delta_orthogonal needs C_in ≤ C_out at every layer (an orthogonal "
+                f"C_out×C_in centre tap); layer {l} has C_in={widths[l - 1]} > C_out={widths[l]}"
+            )
 
 
 def _resolve_device(device: Any) -> str:
@@ -265,6 +344,8 @@ def _resolve_scheme(
     if gain is not None:
         g = float(gain)
         return name, g, f"gain {g:g} (set by scheme.gain)", nonlinearity, a
+    if entry.family == "delta_orthogonal":
+        return name, 1.0, "gain 1 (the default; no torch function)", None, None
     if entry.family != "kaiming":
         return name, 1.0, "gain 1 (torch's default)", None, None
 

@@ -9,24 +9,29 @@ With σ_w,l² = n_{l-1}·Var(W^l) from `Spec.weight_variances` (the sampler's ow
     w^l       = g^l · E[(x^{l-1})²],  E[(x^0)²] = q_0,  E[(x^l)²] = V_φ(q^l)   weight_grad
 
 The backward line is the gradient-independence approximation; it is exact for relu-family and
-linear networks' expectations.
+linear networks' expectations. Conv stacks (arch=conv) follow the position-resolved recursions
+of `harness.conv_theory`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import conv_theory
+from .init import fans
 from .spec import Spec
 
 
 def sigma_w2(spec: Spec) -> np.ndarray:
-    """σ_w,l² = fan_in_l · Var(W^l), l = 1..L."""
-    fan_in = np.array([s[1] for s in spec.weight_shapes], dtype=np.float64)
+    """σ_w,l² = fan_in_l · Var(W^l), l = 1..L (fan_in = C_in·∏k for a conv weight)."""
+    fan_in = np.array([fans(s)[0] for s in spec.weight_shapes], dtype=np.float64)
     return fan_in * np.array(spec.weight_variances())
 
 
 def predict(spec: Spec) -> dict[str, np.ndarray]:
     """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64."""
+    if spec.is_conv:
+        return conv_theory.predict(spec)
     act = spec.activation
     L = spec.depth
     var_w = np.array(spec.weight_variances())

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from harness import load
 from harness.cli import compose_config, precheck
 from harness.run import execute
 
@@ -110,3 +112,89 @@ def test_underflow_is_reported(tmp_path, capsys):
 def test_hydra_help_flags_still_work(run_cli):
     res = run_cli("--cfg", "job", "act=tanh")
     assert res.returncode == 0 and "name: tanh" in res.stdout
+
+
+# ---- arch=conv ---------------------------------------------------------------------------------
+
+CONV = ["arch=conv", "depth=3", "width=4", "image=6", "batch=4", "replicates=3"]
+
+
+def test_cli_conv_run_writes_positions(run_cli, tmp_path):
+    out = tmp_path / "run"
+    res = run_cli(*CONV, "progress=false", f"hydra.run.dir={out}")
+    assert res.returncode == 0, res.stderr
+    for name in ("metrics.parquet", "positions.parquet", "positions.png", "variance.png"):
+        assert (out / name).is_file(), name
+    df = pd.read_parquet(out / "metrics.parquet")
+    # six quantities, activation without the readout layer: 3 replicates × (3+2+3+3+3+3)
+    assert len(df) == 3 * 17 and set(df["quantity"]) >= {"channel_mean_sq", "channel_var"}
+    assert (df[["kernel", "image", "conv_dim"]].iloc[0].tolist(), df["padding_mode"].iloc[0]) == (
+        [3, 6, 2], "zeros")
+    pos = pd.read_parquet(out / "positions.parquet")
+    assert len(pos) == 2 * 3 * 6 * 6 and not pos.duplicated(["layer", "row", "col", "quantity"]).any()
+    assert {"value", "sem", "theory"} <= set(pos) and pos["theory"].notna().all()
+    # the pooled theory is the mean over positions of the position-resolved one
+    pooled = pos.groupby(["quantity", "layer"])["theory"].mean()
+    per_layer = df[df["replicate"] == 0].set_index(["quantity", "layer"])["theory"]
+    for q in ("forward", "backward"):
+        np.testing.assert_allclose(pooled[q].to_numpy(), per_layer[q].to_numpy(), rtol=1e-12)
+    assert "Conv2d kernel 3, image 6×6, zeros padding" in res.stdout
+    assert "forward corner" in res.stdout and "no theory" in res.stdout
+
+
+def test_conv1d_run_in_process(tmp_path):
+    cfg = compose_config([*CONV, "conv_dim=1", "padding_mode=circular", "progress=false"])
+    res = execute(cfg, tmp_path, echo=False)
+    pos = pd.read_parquet(tmp_path / "positions.parquet")
+    assert {"pos"} <= set(pos) and not {"row", "col"} & set(pos)
+    assert len(pos) == 2 * 3 * 6 and (tmp_path / "positions.png").is_file()
+    assert res.frame["conv_dim"].iloc[0] == 1
+
+
+def test_mlp_and_conv_results_concatenate(tmp_path):
+    """The conv keys are null for an MLP, with nullable dtypes, so both kinds load together."""
+    for name, extra in (("mlp", ["depth=2", "width=4", "batch=2", "replicates=2"]), ("conv", CONV)):
+        execute(compose_config([*extra, "plot=false", "progress=false"]), tmp_path / name,
+                echo=False)
+    mlp = pd.read_parquet(tmp_path / "mlp" / "metrics.parquet")
+    assert mlp[["kernel", "image", "padding_mode", "conv_dim"]].isna().all().all()
+    assert set(mlp["quantity"]) == {"forward", "activation", "backward", "weight_grad"}
+    df = load(tmp_path)
+    assert set(df["arch"]) == {"mlp", "conv"}
+    assert str(df["kernel"].dtype) == "Int64" and str(df["padding_mode"].dtype).startswith("str")
+    assert df.loc[df["arch"] == "conv", "kernel"].eq(3).all()
+
+
+CONV_BAD = [
+    (["arch=conv", "kernel=4"], "kernel must be odd for 'same' padding"),
+    (["arch=conv", "kernel=9", "image=8"], "kernel 9 is larger than the image 8; need kernel ≤ image"),
+    (["arch=conv", "padding_mode=reflect"], "unknown padding_mode 'reflect'; allowed: zeros, circular"),
+    (["arch=conv", "scheme=delta_orthogonal", "depth=2", "widths=[8,16,4]"],
+     "scheme delta_orthogonal needs C_in ≤ C_out at every layer"),
+    (["arch=conv", "conv_dim=3"], "unknown conv_dim 3; allowed: 1 (Conv1d), 2 (Conv2d)"),
+    (["arch=conv", "image=0"], "image must be an integer ≥ 1; got 0"),
+    (["arch=resnet"], "unknown arch 'resnet'; allowed: mlp, conv"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CONV_BAD)
+def test_bad_conv_input_is_one_line_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        precheck(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert message in err
+
+
+def test_conv_keys_are_ignored_for_mlp():
+    precheck(["arch=mlp", "kernel=4", "padding_mode=reflect", "depth=2"])  # returns: no error
+
+
+def test_bad_conv_input_through_the_cli_writes_nothing(run_cli, tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("arch=conv", "kernel=4", f"hydra.run.dir={out}")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: kernel must be odd") and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "results").exists()
