@@ -130,7 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     cli.precheck(args)
     sys.argv = [sys.argv[0], *args]
-    _task()
+    try:
+        _task()
+    except SystemExit:  # a launcher aborted the sweep (e.g. a worker was killed): say what was done
+        sweep.finish(stopped="its launcher aborted")
+        raise
+    except KeyboardInterrupt:
+        sweep.finish(stopped="interrupted")
+        raise SystemExit(130) from None
     result = sweep.last_summary
     if result is not None and (result["failed"] or result["running"]):
         raise SystemExit(1)

@@ -165,56 +165,87 @@ def summarize(jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"jobs": len(jobs), **counts}
 
 
-def summary_line(summary: Mapping[str, Any], sweep_dir: str | Path) -> str:
+def summary_line(summary: Mapping[str, Any], sweep_dir: str | Path, stopped: str = "") -> str:
+    """`sweep: N jobs: a done, b skipped, c failed[, d interrupted]; summary in …/sweep.json`;
+    with `stopped` (why the sweep ended early) it counts the jobs that started and says how to
+    resume."""
     c = summary
     parts = [f"{c['done']} done", f"{c['skipped']} skipped", f"{c['failed']} failed"]
     if c["running"]:
         parts.append(f"{c['running']} interrupted")
-    return f"sweep: {c['jobs']} jobs: {', '.join(parts)}; summary in {Path(sweep_dir) / SWEEP}"
+    where = f"summary in {Path(sweep_dir) / SWEEP}"
+    if stopped:
+        return (f"sweep stopped early ({stopped}): {c['jobs']} jobs started: {', '.join(parts)}; "
+                f"{where}; rerun the same command to resume")
+    return f"sweep: {c['jobs']} jobs: {', '.join(parts)}; {where}"
 
 
 class SweepSummary(Callback):
     """Hydra callback: marks each sweep invocation, then prints and writes its summary.
 
     At the start it writes `sweep.json` (state `running`, an invocation id the jobs copy into
-    their status); at the end it gathers the statuses of this invocation's jobs, prints one line
-    (plus one per failed job on stderr) and rewrites `sweep.json` with counts and jobs.
+    their status); at the end `finish` gathers the statuses of this invocation's jobs, prints one
+    line (plus one per failed job on stderr) and rewrites `sweep.json` with counts and failures.
     """
 
-    def __init__(self) -> None:
-        self.invocation: str | None = None
-        self.started = 0.0
-
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global last_summary
+        global last_summary, current
         last_summary = None
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        self.invocation = f"{datetime.now():%Y%m%d-%H%M%S-%f}-{os.getpid()}"
-        self.started = time.perf_counter()
-        write_json({"state": "running", "invocation": self.invocation, "started": _now(),
-                    "command": sweep_command(config)}, sweep_dir / SWEEP)
+        current = {"sweep_dir": sweep_dir, "command": sweep_command(config),
+                   "invocation": f"{datetime.now():%Y%m%d-%H%M%S-%f}-{os.getpid()}",
+                   "t0": time.perf_counter()}
+        write_json({"state": "running", "invocation": current["invocation"], "started": _now(),
+                    "command": current["command"]}, sweep_dir / SWEEP)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global last_summary
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = [j for j in collect(sweep_dir) if j.get("invocation") == self.invocation]
-        summary = summarize(jobs)
-        record = {
-            "state": "finished",
-            "invocation": self.invocation,
-            "finished": _now(),
-            "wall_s": round(time.perf_counter() - self.started, 3),
-            "command": sweep_command(config),
-            **summary,
-            "job_states": {Path(j["job_dir"]).name: j.get("state") for j in jobs},
-            "failures": [{"job_dir": j["job_dir"], "message": j.get("message", "")}
-                         for j in jobs if j.get("state") != "done" and j.get("state") != "skipped"],
-        }
-        write_json(record, sweep_dir / SWEEP)
-        print(summary_line(summary, sweep_dir))
-        for f in record["failures"]:
-            print(f"failed: {Path(f['job_dir']).name}: {f['message'] or 'interrupted'}", file=sys.stderr)
-        last_summary = record
+        finish()
+
+
+#: the sweep this process is running (set when it starts), for `finish`
+current: dict[str, Any] | None = None
+
+
+def finish(*, stopped: str = "") -> dict[str, Any] | None:
+    """Summarize the current sweep from its jobs' statuses: print the summary line (and one line
+    per failed or interrupted job on stderr), write sweep.json, return the record.
+
+    `stopped`: why the sweep ended early (its launcher aborted because a job's process was
+    killed, or Ctrl-C); jobs that never started are then missing from the counts.
+    """
+    global last_summary, current
+    if current is None:
+        return None
+    sweep_dir, invocation = current["sweep_dir"], current["invocation"]
+    jobs = [j for j in collect(sweep_dir) if j.get("invocation") == invocation]
+    summary = summarize(jobs)
+    record = {
+        "state": "stopped early" if stopped else "finished",
+        "invocation": invocation,
+        "finished": _now(),
+        "wall_s": round(time.perf_counter() - current["t0"], 3),
+        "command": current["command"],
+        **summary,
+        "job_states": {_relative(j["job_dir"], sweep_dir): j.get("state") for j in jobs},
+        "failures": [{"job_dir": j["job_dir"], "message": j.get("message", "")}
+                     for j in jobs if j.get("state") not in ("done", "skipped")],
+    }
+    write_json(record, sweep_dir / SWEEP)
+    print(summary_line(summary, sweep_dir, stopped), flush=True)
+    for j in jobs:
+        if j.get("state") == "failed":
+            print(f"failed: {_relative(j['job_dir'], sweep_dir)}: {j.get('message', '')}", file=sys.stderr)
+        elif j.get("state") not in ("done", "skipped"):
+            print(f"interrupted: {_relative(j['job_dir'], sweep_dir)}", file=sys.stderr)
+    last_summary, current = record, None
+    return record
+
+
+def _relative(job_dir: str, sweep_dir: Path) -> str:
+    try:
+        return str(Path(job_dir).relative_to(sweep_dir)) or "."
+    except ValueError:
+        return job_dir
 
 
 def invocation_of(sweep_dir: str | Path) -> str | None:

@@ -92,3 +92,24 @@ def test_collect_reads_job_statuses_but_not_hidden_folders(tmp_path):
     jobs = sweep.collect(tmp_path)
     assert [(j["job_dir"], j["state"]) for j in jobs] == [
         (str(tmp_path / "a=1"), "done"), (str(tmp_path / "a=2"), "failed")]
+
+
+def test_a_sweep_stopped_early_still_gets_its_summary(tmp_path, capsys, monkeypatch):
+    for name, state in (("a=1", "done"), ("a=2", "running"), ("old", "done")):
+        (tmp_path / name).mkdir()
+        inv = "old-run" if name == "old" else "this-run"
+        (tmp_path / name / sweep.STATUS).write_text(json.dumps({"state": state, "invocation": inv}))
+    monkeypatch.setattr(sweep, "last_summary", None)
+    monkeypatch.setattr(sweep, "current", {"sweep_dir": tmp_path, "invocation": "this-run",
+                                           "command": "python -m harness.run --multirun a=1,2",
+                                           "t0": 0.0})
+    record = sweep.finish(stopped="its launcher aborted")
+    out, err = capsys.readouterr()
+    assert out == (f"sweep stopped early (its launcher aborted): 2 jobs started: 1 done, 0 skipped, "
+                   f"0 failed, 1 interrupted; summary in {tmp_path / 'sweep.json'}; rerun the same "
+                   f"command to resume\n")
+    assert err == "interrupted: a=2\n"
+    on_disk = json.loads((tmp_path / "sweep.json").read_text())
+    assert on_disk == record and on_disk["state"] == "stopped early"
+    assert on_disk["job_states"] == {"a=1": "done", "a=2": "running"}  # not the earlier run's job
+    assert sweep.current is None and sweep.finish() is None
