@@ -133,9 +133,12 @@ def build(path: str | Path, k: float = 3.0) -> Report:
                          f"{len(keys)} ({', '.join(keys) or 'none'})")
     else:
         rep.figures += heatmaps(table, stats, layout)
-    n_pages = len(pages(table, variance_layout(keys)[3]))
-    if n_pages > MAX_PAGES:
-        rep.notes.append(f"variance figures: the first {MAX_PAGES} of {n_pages} pages are shown")
+    for kind, page_keys in (("variance", variance_layout(keys)[3]),
+                            ("heatmap", layout[4] if layout else [])):
+        n_pages = len(pages(table, page_keys))
+        if n_pages > MAX_PAGES:
+            rep.notes.append(f"{kind} figures: the first {MAX_PAGES} of {n_pages} pages "
+                             f"(combinations of {', '.join(page_keys)}) are shown")
     return rep
 
 
