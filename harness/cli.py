@@ -20,9 +20,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import launchers
 from .spec import ConfigError, Spec
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+LAUNCHER = "launcher"  #: the config group choosing the --multirun launcher (conf/launcher/)
 
 #: flags after which Hydra prints something and runs nothing: leave them to Hydra
 INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i",
@@ -89,6 +91,8 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
             for v in values or []:
                 if v not in options[key]:
                     raise ConfigError(f"unknown {key} {v!r}; allowed: {', '.join(options[key])}")
+        if key == LAUNCHER and not o.is_delete():
+            _check_launcher(values or [])
         text = o.input_line or ""
         if o.is_sweep_override() and values:
             text = f"{o.get_key_element()}={values[0]}"
@@ -111,6 +115,16 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
     if not multirun:
         Spec.from_config(cfg)
     return cfg
+
+
+def _check_launcher(values: Sequence[str]) -> None:
+    """One launcher per sweep, and its plugin installed (else Hydra fails over many lines)."""
+    if len(values) != 1:
+        raise ConfigError(f"launcher cannot be swept (got {', '.join(values)}); choose one: "
+                          f"{', '.join(groups()[LAUNCHER])}")
+    message = launchers.missing_plugin(values[0], CONF_DIR / LAUNCHER / f"{values[0]}.yaml")
+    if message:
+        raise ConfigError(message)
 
 
 def _one_line(message: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,10 @@ POSITIONS = "positions.parquet"
 #: with nullable dtypes so that frames of every kind of run concatenate
 NULLABLE = {"width": "Int64", "kernel": "Int64", "image": "Int64", "conv_dim": "Int64",
             "padding_mode": "string"}
+#: tests only: "NAME:N" kills this process (SIGKILL) at its N-th atomic write of NAME, after the
+#: temporary file is written and before the rename, as an out-of-memory kill or a power cut would
+FAULT_ENV = "HARNESS_FAULT_KILL_BEFORE_RENAME"
+_writes: dict[str, int] = {}
 
 
 def to_frame(
@@ -117,10 +122,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _fault_point(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fault_point(path: Path) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if path.name == name:
+        _writes[name] = _writes.get(name, 0) + 1
+        if _writes[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_parquet(df: pd.DataFrame, path: Path, meta: Mapping[str, Any] | None = None) -> None:
@@ -179,29 +196,43 @@ def run_metadata(spec: Spec, *, wall_s: float, device_name: str, **extra: Any) -
     }
 
 
-def load(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """All metrics under `path` (a run directory, a sweep directory, any folder of runs, or one
-    metrics.parquet file) as one DataFrame, with a `run_dir` column naming each run's folder."""
+def metrics_files(path: str | os.PathLike[str]) -> list[str]:
+    """Every complete result under `path`: the metrics.parquet files pyarrow's file system finds,
+    outside hidden folders (`.hydra/`, `.submitit/`); a killed write's hidden `.metrics.parquet.*.tmp`
+    never matches. `path` may also be one metrics.parquet file."""
+    from pyarrow import fs
+
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"no such file or directory: {root}")
     if root.is_file():
-        files = [str(root)]
-    else:
-        from pyarrow import fs
+        return [str(root.resolve())]
+    base = root.resolve()
+    selector = fs.FileSelector(str(base), recursive=True)
+    return sorted(
+        info.path
+        for info in fs.LocalFileSystem().get_file_info(selector)
+        if info.is_file and info.base_name == METRICS
+        and not any(part.startswith(".") for part in Path(info.path).relative_to(base).parts)
+    )
 
-        selector = fs.FileSelector(str(root.resolve()), recursive=True)
-        files = sorted(
-            info.path
-            for info in fs.LocalFileSystem().get_file_info(selector)
-            if info.is_file and info.base_name == METRICS
-        )
+
+def load(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """All metrics under `path` as one DataFrame, with a `run_dir` column naming each run's folder.
+
+    `path` is a run directory, a sweep directory, any folder holding runs or sweeps, or one
+    metrics.parquet file. Only complete results are read (jobs still running, failed or killed
+    have no metrics.parquet). Runs whose columns differ (e.g. conv runs with extra columns) are
+    concatenated with permissive type promotion; a column a run lacks is null there.
+    Raises FileNotFoundError if `path` is missing or holds no results.
+    """
+    files = metrics_files(path)
     if not files:
-        raise FileNotFoundError(f"no {METRICS} under {root}")
-    dataset = ds.dataset(files, format="parquet")
+        raise FileNotFoundError(f"no {METRICS} under {path}")
+    dataset = ds.dataset(files, format="parquet", partitioning=None)
     tables = []
     for fragment in dataset.get_fragments():
-        t = fragment.to_table()
+        t = fragment.to_table(schema=fragment.physical_schema)
         run_dir = str(Path(fragment.path).parent)
         tables.append(t.append_column("run_dir", pa.array([run_dir] * t.num_rows, pa.string())))
     table = pa.concat_tables(tables, promote_options="permissive")

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
+import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from . import cli, conv_theory, plots, summary
+from . import cli, conv_theory, launchers, plots, summary, sweep
 from .results import (
     METADATA,
     METRICS,
@@ -117,22 +119,53 @@ def _widths(spec: Spec) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _task(cfg: DictConfig) -> None:
+def _task(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
-    command = " ".join(["python -m harness.run", *hc.overrides.task])
+    command = " ".join(["python -m harness.run",
+                        *(o for o in hc.overrides.task if not o.startswith("launcher="))])
+    if hc.mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg, hc, command)
     try:
         execute(cfg, hc.runtime.output_dir, command=command)
-    except ConfigError as e:  # single runs are checked before Hydra starts; this is a sweep job
+    except ConfigError as e:  # main() prechecks single runs; this catches callers that bypass it
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+def _sweep_job(cfg: DictConfig, hc: DictConfig, command: str) -> dict:
+    """One job of a --multirun sweep: threads for its launcher, then sweep.run_job (never raises)."""
+    try:
+        launcher = OmegaConf.to_container(hc.launcher, resolve=True)
+        n, why = launchers.job_threads(launcher, launchers.cores())
+    except Exception as e:  # noqa: BLE001 - an odd launcher config must not abort the sweep
+        n, why = None, f"torch's default: launcher config unreadable ({type(e).__name__})"
+    if n is not None:
+        torch.set_num_threads(n)
+    invocation = sweep.invocation_of(hc.sweep.dir)
+    threads = f"{torch.get_num_threads()} ({why})"
+    return sweep.run_job(cfg, hc.runtime.output_dir, execute=execute, overrides=list(hc.overrides.task),
+                         command=command, invocation=invocation, threads=threads)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Check the command line (one-line errors, no files), then hand it to Hydra."""
+    """Check the command line (one-line errors, no files), then hand it to Hydra.
+
+    A --multirun sweep exits 1 if any of its jobs failed or was interrupted, 0 otherwise.
+    """
     args = sys.argv[1:] if argv is None else argv
     cli.precheck(args)
     sys.argv = [sys.argv[0], *args]
-    _task()
+    try:
+        _task()
+    except SystemExit:  # a launcher aborted the sweep (e.g. a worker was killed): say what was done
+        sweep.finish(stopped="its launcher aborted")
+        raise
+    except KeyboardInterrupt:
+        sweep.finish(stopped="interrupted")
+        raise SystemExit(130) from None
+    result = sweep.last_summary
+    if result is not None and (result["failed"] or result["running"]):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
