@@ -48,9 +48,11 @@ def swept_keys(df: pd.DataFrame) -> list[str]:
 
 
 def fixed_config(df: pd.DataFrame) -> dict[str, object]:
-    """Config columns with one value across all runs, and that value."""
+    """Config columns with one value across all runs, and that value (columns that are null in
+    every run, such as the conv keys of an MLP sweep, are left out)."""
     table = runs(df)
-    return {c: table[c].iloc[0] for c in config_columns(df) if table[c].nunique(dropna=False) == 1}
+    return {c: table[c].iloc[0] for c in config_columns(df)
+            if table[c].nunique(dropna=False) == 1 and table[c].notna().any()}
 
 
 def layer_stats(df: pd.DataFrame) -> pd.DataFrame:

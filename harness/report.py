@@ -258,6 +258,11 @@ def _table(frame: pd.DataFrame, row_class=None, code: Sequence[str] = ()) -> str
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _blank(x: object) -> bool:
+    """True for an empty string or a null (None, NaN, pd.NA)."""
+    return x is None or (isinstance(x, str) and x == "") or bool(pd.isna(x))
+
+
 def render(rep: Report) -> str:
     """The report as one HTML document with every figure embedded."""
     v = versions()
@@ -274,7 +279,7 @@ def render(rep: Report) -> str:
         "<p><b>swept:</b> " + ("; ".join(
             f"{_esc(k)} = {', '.join(_esc(x) for x in rep.levels[k])}" for k in rep.swept)
             or "nothing (one configuration)") + "</p>",
-        "<p><b>fixed:</b> " + ", ".join(f"{_esc(k)}={_esc(x) if x != '' else '(none)'}"
+        "<p><b>fixed:</b> " + ", ".join(f"{_esc(k)}={_esc(x) if not _blank(x) else '(none)'}"
                                         for k, x in rep.fixed.items()) + "</p>",
     ]
     parts += _summary_html(rep)

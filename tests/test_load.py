@@ -63,7 +63,7 @@ def test_a_folder_of_runs_and_sweeps_and_a_single_file(tree):
 def test_mixed_schemas_concatenate_with_promotion(tree, tmp_path):
     root, dirs = tree
     base = pd.read_parquet(dirs["a2"] / METRICS)
-    conv = base.assign(kernel=3, image="8x8", depth=base["depth"].astype(float),
+    conv = base.assign(kernel=3, image=8, depth=base["depth"].astype(float),
                        width=pd.array([None] * len(base), dtype="Int64"))
     write_parquet(conv, tmp_path / "conv" / METRICS, {"spec": {}})
     write_parquet(base, tmp_path / "mlp" / METRICS, {"spec": {}})
@@ -71,7 +71,7 @@ def test_mixed_schemas_concatenate_with_promotion(tree, tmp_path):
     assert len(df) == 2 * len(base)
     by = df.groupby("run_dir")
     assert by["kernel"].first().isna().sum() == 1 and set(df["kernel"].dropna()) == {3}
-    assert set(df["image"].dropna()) == {"8x8"} and df["depth"].dtype == "float64"
+    assert set(df["image"].dropna()) == {8} and df["depth"].dtype == "float64"
     assert df["width"].isna().sum() == len(base)
 
 
