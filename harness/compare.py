@@ -7,6 +7,8 @@ other than the measurement columns is part of a run's config.
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pandas as pd
 
@@ -16,6 +18,9 @@ MEASUREMENT_COLUMNS = ("layer", "replicate", "quantity", "value", "theory", "run
 PREFERRED = ("act", "scheme", "mode", "arch", "depth", "width", "seed", "batch", "replicates",
              "bias_std", "input_var", "dtype", "device", "act_params", "widths", "gain")
 NUMERIC_FIRST = ("depth", "width")
+
+#: family-wise false-positive rate of the default agreement test, per run
+ALPHA = 0.01
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -100,19 +105,31 @@ def end_of_pass(stats: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def agreement(df: pd.DataFrame, k: float = 3.0, stats: pd.DataFrame | None = None) -> pd.DataFrame:
+def bonferroni_k(m: int, alpha: float = ALPHA) -> float:
+    """The per-point threshold in standard errors for m two-sided comparisons at family-wise
+    false-positive rate α: k = Φ⁻¹(1 − α / (2m)) (e.g. m = 199, α = 0.01: k ≈ 3.89)."""
+    return NormalDist().inv_cdf(1 - alpha / (2 * max(m, 1)))
+
+
+def agreement(
+    df: pd.DataFrame, k: float | None = None, stats: pd.DataFrame | None = None, alpha: float = ALPHA
+) -> pd.DataFrame:
     """One row per run: its swept keys, the worst |log10(mean/theory)| over layers for forward and
     backward and over every quantity (with where), how many (quantity, layer) points have theory
     within k standard errors of the replicate mean and within the replicates' min–max range, and
-    `agree` (theory within k s.e. at every point, and nothing overflowed). Sorted so that
-    disagreements come first, then by the worst ratio."""
+    `agree` (theory within k s.e. at every point, and nothing overflowed). k defaults to
+    Bonferroni's threshold `bonferroni_k(m, alpha)` for the run's m points, so that a run whose
+    theory is right is flagged with probability ≤ α (for roughly normal replicate means); a number
+    fixes k for every point instead. Sorted so that disagreements come first, then by the worst
+    ratio."""
     stats = layer_stats(df) if stats is None else stats
     keys = swept_keys(df)
     table = runs(df).set_index("run_dir")
     rows = []
     for run_dir, d in stats.groupby("run_dir", sort=True):
         lr = np.abs(log10_ratio(d["mean"], d["theory"]))
-        within = (np.abs(d["mean"] - d["theory"]) <= k * d["sem"]).to_numpy()
+        k_run = bonferroni_k(len(d), alpha) if k is None else k
+        within = (np.abs(d["mean"] - d["theory"]) <= k_run * d["sem"]).to_numpy()
         overflow = bool((d["n"] < d["R"]).any())
         row: dict[str, object] = {k_: table.at[run_dir, k_] for k_ in keys}
         for q in ("forward", "backward"):
@@ -120,7 +137,9 @@ def agreement(df: pd.DataFrame, k: float = 3.0, stats: pd.DataFrame | None = Non
             row[f"{q} worst |log10 r|"] = _worst(lr[m], d["layer"].to_numpy()[m])
         all_worst = _worst(lr, d["layer"].to_numpy(), d["quantity"].to_numpy())
         row["worst |log10 r| (all)"] = all_worst
-        row[f"within {k:g} s.e."] = f"{int(within.sum())}/{len(d)}"
+        if k is None:
+            row["k (s.e.)"] = round(k_run, 2)
+        row["within k s.e." if k is None else f"within {k:g} s.e."] = f"{int(within.sum())}/{len(d)}"
         in_range = ((d["min"] <= d["theory"]) & (d["theory"] <= d["max"])).to_numpy()
         row["in replicate range"] = f"{int(in_range.sum())}/{len(d)}"
         R = int(d["R"].max())

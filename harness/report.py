@@ -1,4 +1,4 @@
-"""`python -m harness.report PATH [--out DIR] [--k K]`: one self-contained HTML report for a run,
+"""`python -m harness.report PATH [--out DIR] [--k K | --alpha A]`: one self-contained HTML report for a run,
 a sweep, or any folder of runs.
 
 Writes `report.html` (figures embedded as base64 PNGs, no external resources: it opens offline)
@@ -44,7 +44,8 @@ class Report:
     """Everything the HTML shows; `build` fills it, `render` turns it into HTML."""
 
     root: Path
-    k: float
+    k: float | None
+    alpha: float
     n_runs: int
     swept: list[str]
     fixed: dict[str, object]
@@ -97,7 +98,7 @@ def pages(table: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFr
 
 
 # ---- building -----------------------------------------------------------------------------------
-def build(path: str | Path, k: float = 3.0) -> Report:
+def build(path: str | Path, k: float | None = None, alpha: float = compare.ALPHA) -> Report:
     """Load the results under `path` and compute every table and figure of the report."""
     root = Path(path)
     df = load(root)
@@ -108,11 +109,12 @@ def build(path: str | Path, k: float = 3.0) -> Report:
     rep = Report(
         root=root,
         k=k,
+        alpha=alpha,
         n_runs=len(table),
         swept=keys,
         fixed=compare.fixed_config(df),
         levels={key: sorted(table[key].dropna().unique().tolist()) for key in keys},
-        agreement=_relative(compare.agreement(df, k, stats), base),
+        agreement=_relative(compare.agreement(df, k, stats, alpha), base),
         commands=_relative(reproduce_commands(table["run_dir"]), base),
         jobs=sweep.collect(base),
         sweeps=_sweep_records(base),
@@ -258,6 +260,14 @@ def _table(frame: pd.DataFrame, row_class=None, code: Sequence[str] = ()) -> str
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _k_text(rep: Report) -> str:
+    if rep.k is not None:
+        return f"k = {rep.k:g} at every point (set by --k)."
+    return (f"k is Bonferroni's threshold Φ⁻¹(1 − α/2m) for the run's m points at family-wise "
+            f"false-positive rate α = {rep.alpha:g} (column <i>k</i>), so a run whose theory is "
+            f"right is flagged with probability ≤ α.")
+
+
 def _blank(x: object) -> bool:
     """True for an empty string or a null (None, NaN, pd.NA)."""
     return x is None or (isinstance(x, str) and x == "") or bool(pd.isna(x))
@@ -286,9 +296,9 @@ def render(rep: Report) -> str:
     parts += [
         "<h2 id='agreement'>Agreement: measured vs theory per configuration</h2>",
         f"<p>Per run: the worst |log10(measured/theory)| over layers (measured = mean over "
-        f"replicates); at how many (quantity, layer) points theory lies within k = {rep.k:g} "
-        f"standard errors of the replicate mean, and within the replicates' min–max range (the band "
-        f"in the figures). <b>agree</b> = within {rep.k:g} s.e. at every point of every quantity, "
+        f"replicates); at how many (quantity, layer) points theory lies within k standard errors "
+        f"of the replicate mean, and within the replicates' min–max range (the band in the "
+        f"figures). {_k_text(rep)} <b>agree</b> = within k s.e. at every point of every quantity, "
         f"and nothing overflowed. Disagreements first. With few replicates or heavy-tailed "
         f"products (deep, narrow relu networks) the standard error understates the spread, so "
         f"read <i>no</i> together with the range column.</p>",
@@ -355,26 +365,31 @@ def write(rep: Report, out_dir: str | Path) -> Path:
 # ---- command line -------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
-        print(f"error: {message}; usage: python -m harness.report PATH [--out DIR] [--k K]",
+        print(f"error: {message}; usage: python -m harness.report PATH [--out DIR] [--k K | --alpha A]",
               file=sys.stderr)
         raise SystemExit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """`python -m harness.report PATH [--out DIR] [--k K]`; exit 2 with one line on bad input."""
+    """`python -m harness.report PATH [--out DIR] [--k K | --alpha A]`; exit 2 with one line on bad input."""
     p = _Parser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="a run directory, a sweep directory, a folder of runs, or a metrics.parquet")
     p.add_argument("--out", help="output folder (default: PATH/report)")
-    p.add_argument("--k", type=float, default=3.0,
-                   help="agreement: theory within k standard errors of the replicate mean (default 3)")
+    p.add_argument("--k", type=float, default=None,
+                   help="agreement: theory within k standard errors of the replicate mean at every "
+                        "point (default: Bonferroni's k for the run's points at --alpha)")
+    p.add_argument("--alpha", type=float, default=compare.ALPHA,
+                   help=f"family-wise false-positive rate of the default test (default {compare.ALPHA:g})")
     args = p.parse_args(argv)
     path = Path(args.path)
-    if not (args.k > 0):
+    if args.k is not None and not (args.k > 0):
         p.error(f"--k must be a number > 0; got {args.k}")
+    if not (0 < args.alpha < 1):
+        p.error(f"--alpha must be between 0 and 1; got {args.alpha}")
     if not path.exists():
         p.error(f"no such file or directory: {path}")
     try:
-        rep = build(path, k=args.k)
+        rep = build(path, k=args.k, alpha=args.alpha)
     except FileNotFoundError as e:
         p.error(f"{e} (expected a run or sweep directory holding {METRICS} files)")
     base = path if path.is_dir() else path.parent

@@ -102,6 +102,19 @@ def test_agreement_flags_theory_outside_k_standard_errors():
     assert compare.agreement(df, k=2.0)["agree"].tolist() == ["no", "no", "yes"]
 
 
+def test_default_agreement_uses_bonferroni_over_the_runs_points():
+    from scipy.stats import norm
+
+    for m, alpha in ((6, 0.01), (199, 0.01), (40, 1e-3)):
+        assert compare.bonferroni_k(m, alpha) == pytest.approx(norm.isf(alpha / (2 * m)), rel=1e-9)
+    # 6 points, α = 0.01: k = Φ⁻¹(1 − 0.01/12) ≈ 3.14; s.e. = 0.1, so theory 1.33 (3.3 s.e. off)
+    # fails and 1.30 (3.0 s.e.) passes
+    df = synthetic({"off": 1.0 / 0.75, "edge": 1.30, "good": 1.0})
+    table = compare.agreement(df).set_index("act")
+    assert table.loc["off", "agree"] == "no" and table.loc["edge", "agree"] == "yes"
+    assert table.loc["good", "k (s.e.)"] == pytest.approx(compare.bonferroni_k(6), abs=0.01)
+
+
 def test_overflow_is_a_disagreement():
     df = synthetic({"inf": 1.0, "ok": 1.0})
     df.loc[(df["run_dir"] == "inf") & (df["layer"] == 3), "value"] = np.inf
