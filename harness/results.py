@@ -35,6 +35,8 @@ def to_frame(
     """Long format: measured (R, layers) and predicted (layers,) side by side per row."""
     parts = []
     for quantity in QUANTITIES:
+        if quantity not in measured:  # correlation needs batch ≥ 2
+            continue
         m = np.asarray(measured[quantity], dtype=np.float64)
         R, n = m.shape
         parts.append(

@@ -19,7 +19,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import cli, plots, summary
+from . import cli, criticality, finite_width, lsuv, plots, summary
 from .results import (
     METADATA,
     METRICS,
@@ -55,8 +55,15 @@ def execute(
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
     measurement = measure(spec, progress=bool(cfg.get("progress", True)) and echo)
-    predicted = predict(spec)
+    realized_var_w = measurement.info.get("weight_variances")  # lsuv: data-dependent scales
+    predicted = predict(spec, realized_var_w)
     df = to_frame(spec, measurement.values, predicted)
+    crit = criticality.for_spec(spec, realized_var_w)
+    band = finite_width.band(spec, predicted["forward"], predicted["correlation"])
+    coverage = finite_width.coverage(band, measurement.values["forward"])
+    notes = [criticality.describe(crit), finite_width.describe(coverage, spec.replicates)]
+    if "lsuv" in measurement.info:
+        notes.append(lsuv.describe(measurement.info))
 
     meta = run_metadata(
         spec,
@@ -65,6 +72,9 @@ def execute(
         chunk_size=measurement.chunk_size,
         reproduce=command,
         numeric_events=summary.numeric_events(df),
+        criticality=crit.to_dict(),
+        finite_width_band=coverage,
+        **({"lsuv": measurement.info["lsuv"]} if "lsuv" in measurement.info else {}),
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.yaml", cli.resolved_yaml(cfg).encode())
@@ -72,7 +82,9 @@ def execute(
     if cfg.get("plot", True):
         with warnings.catch_warnings():  # log axes spanning an overflow warn; the plot is fine
             warnings.simplefilter("ignore", RuntimeWarning)
-            fig = plots.variance(df)
+            fig = plots.variance(df, bands={"forward": (band.lower, band.upper)}
+                                 if band.lower is not None else None,
+                                 note=criticality.describe(crit, short=True))
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=120)
         plots.plt.close(fig)
@@ -80,7 +92,7 @@ def execute(
     write_parquet(df, out / METRICS, meta)
 
     wall = time.perf_counter() - t0
-    for line in summary.verdict(df):
+    for line in [*summary.verdict(df), *notes]:
         say(line)
     say(f"measured in {measurement.wall_s:.2f} s ({measurement.device_name}); "
         f"total {wall:.2f} s; outputs in {out}")

@@ -41,6 +41,14 @@ def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
             logr = np.abs(np.log10(ratio))
             within = (np.abs(d["mean"] - d["theory"]) <= k * d["sem"]).to_numpy()
         last = d.iloc[-1]
+        if q == "correlation":  # a cosine, near 0 or negative: differences, not log ratios
+            diff = np.abs(d["mean"] - d["theory"]).to_numpy()
+            i = int(np.nanargmax(np.where(np.isfinite(diff), diff, -1)))
+            worst = f"|diff| {diff[i]:.3f} (layer {int(d['layer'].iloc[i])})"
+            measured = f"{last['mean']:.4g} ± {last['sem']:.2g}"
+            lines.append(f"{q:<12} {int(last['layer']):>5} {measured:>22} {last['theory']:>10.4g} "
+                         f"{'':>7}  {worst:>19}  {int(within.sum())}/{len(d)} layers")
+            continue
         if np.isfinite(logr).any():
             i = int(np.nanargmax(np.where(np.isfinite(logr), logr, -1)))
             worst = f"{logr[i]:.3f} (layer {int(d['layer'].iloc[i])})"

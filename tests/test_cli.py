@@ -25,7 +25,8 @@ def test_cli_run_writes_every_output(run_cli, tmp_path):
     df = pd.read_parquet(out / "metrics.parquet")
     assert set(CONFIG_COLUMNS + ["layer", "replicate", "quantity", "value", "theory"]) <= set(df)
     # one row per (replicate, layer, quantity); activation has no row at the readout layer
-    assert len(df) == 3 * (5 + 4 + 5 + 5)
+    # (forward, activation, backward, weight_grad, correlation)
+    assert len(df) == 3 * (5 + 4 + 5 + 5 + 5)
     assert not df.duplicated(["replicate", "layer", "quantity"]).any()
     assert df["layer"].min() == 1 and df["layer"].max() == 5
     meta = json.loads((out / "metadata.json").read_text())
