@@ -352,7 +352,10 @@ def _orthogonal_(weight: torch.Tensor, gain: float, generator: torch.Generator |
     flat.normal_(0, 1, generator=generator)
     if rows < cols:
         flat = flat.transpose(1, 2)
-    q, r = torch.linalg.qr(flat)  # (R, max, min)
+    if flat.is_cuda:
+        q, r = torch.linalg.qr(flat)  # (R, max, min)
+    else:  # batched CPU QR is ~100× slower than a loop with 2+ threads (torch 2.13)
+        q, r = (torch.stack(t) for t in zip(*(torch.linalg.qr(m) for m in flat), strict=True))
     q = q * torch.diagonal(r, dim1=-2, dim2=-1).sign().unsqueeze(-2)
     if rows < cols:
         q = q.transpose(1, 2)
