@@ -55,10 +55,10 @@ def execute(
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
     measurement = measure(spec, progress=bool(cfg.get("progress", True)) and echo)
-    realized_var_w = measurement.info.get("weight_variances")  # lsuv: data-dependent scales
-    predicted = predict(spec, realized_var_w)
+    theory_var_w = measurement.info.get("weight_variances")  # lsuv: its mean-field gains
+    predicted = predict(spec, theory_var_w)
     df = to_frame(spec, measurement.values, predicted)
-    crit = criticality.for_spec(spec, realized_var_w)
+    crit = criticality.for_spec(spec, theory_var_w)
     band = finite_width.band(spec, predicted["forward"], predicted["correlation"])
     coverage = finite_width.coverage(band, measurement.values["forward"])
     notes = [criticality.describe(crit), finite_width.describe(coverage, spec.replicates)]

@@ -42,22 +42,25 @@ class Measurement:
     wall_s: float
     chunk_size: int
     device_name: str
-    #: data-dependent facts of the draw: for lsuv, "lsuv" (per-replicate scales, iterations)
-    #: and "weight_variances" (the realized Var(W^l), replicate mean, which theory then uses)
+    #: data-dependent facts of the draw: for lsuv, "lsuv" (iterations, realized gains) and
+    #: "weight_variances" (Var(W^l) at LSUV's mean-field gains, which the theory then uses)
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def mean_cosine(h: torch.Tensor) -> torch.Tensor:
-    """Mean over pairs a ≠ b of cos(h_a, h_b) for h (R, B, n): (R,).
+def mean_cosine(h: torch.Tensor, sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pairs a ≠ b of cos(h_a, h_b) for h (R, B, n): (R,). `sq_norm` (R, B) may pass
+    the precomputed ‖h_b‖².
 
     Inputs whose h is exactly 0 (a dead relu layer at tiny width) have no direction and are
     left out; nan when fewer than two remain.
     """
-    norm = h.norm(dim=-1, keepdim=True)  # (R, B, 1)
-    alive = norm > 0
-    u = torch.where(alive, h / torch.where(alive, norm, 1.0), 0.0)  # (R, B, n)
-    k = alive.sum((1, 2)).to(h.dtype)  # inputs with a direction, (R,)
-    total = u.sum(1).square().sum(-1) - k  # Σ_{a≠b} u_a·u_b, (R,)
+    if sq_norm is None:
+        sq_norm = h.square().sum(-1)
+    alive = sq_norm > 0  # (R, B)
+    inv = torch.where(alive, sq_norm.clamp(min=torch.finfo(h.dtype).tiny).rsqrt(), 0.0)
+    s = torch.bmm(inv.unsqueeze(1), h).squeeze(1)  # Σ_b h_b/‖h_b‖, (R, n)
+    k = alive.sum(1).to(h.dtype)  # inputs with a direction, (R,)
+    total = s.square().sum(-1) - k  # Σ_{a≠b} u_a·u_b, (R,)
     return torch.where(k >= 2, total / (k * (k - 1)).clamp(min=1), torch.nan)
 
 
@@ -99,9 +102,10 @@ def propagate(
             h = torch.baddbmm(biases[l].unsqueeze(1), x, W.transpose(1, 2))  # (R, B, n_l)
         else:
             h = torch.bmm(x, W.transpose(1, 2))  # (R, B, n_l)
-        stat["forward"][:, l] = h.square().mean((1, 2))
+        sq_norm = torch.linalg.vector_norm(h, dim=-1).square()  # ‖h_b‖², (R, B)
+        stat["forward"][:, l] = sq_norm.mean(-1) / h.shape[-1]
         if "correlation" in stat:
-            stat["correlation"][:, l] = mean_cosine(h)
+            stat["correlation"][:, l] = mean_cosine(h, sq_norm)
         if l < L - 1:
             dphi.append(act.dphi(h))
             x = act.phi(h)

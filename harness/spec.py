@@ -38,7 +38,7 @@ class Spec:
     width: int | None
     scheme: str
     mode: str
-    gain: float
+    gain: float | None  # None: the scheme has no gain (trunc_normal's std is absolute)
     gain_source: str
     nonlinearity: str | None
     a: float | None
@@ -100,7 +100,7 @@ class Spec:
             "depth": self.depth,
             "width": self.width,
             "widths": ",".join(map(str, self.widths)),
-            "gain": self.gain,
+            "gain": math.nan if self.gain is None else self.gain,
             "batch": self.batch,
             "replicates": self.replicates,
             "seed": self.seed,
@@ -264,7 +264,7 @@ def _resolve_device(device: Any) -> str:
 
 def _resolve_scheme(
     cfg: Mapping[str, Any], act: activations.Activation, mode: str
-) -> tuple[str, float, str, str | None, float | None, dict[str, Any]]:
+) -> tuple[str, float | None, str, str | None, float | None, dict[str, Any]]:
     """(scheme name, gain, how the gain was chosen, nonlinearity, a, the scheme's own params)
     from cfg['scheme'], validated against the registry entry's declared parameters."""
     sc = cfg.get("scheme")
@@ -366,7 +366,7 @@ def _number(name: str, key: str, v: Any, *, minimum: float | None = None, strict
 
 def _resolve_own(
     entry: inits.Scheme, name: str, given: dict[str, Any]
-) -> tuple[str, float, str, None, None, dict[str, Any]]:
+) -> tuple[str, float | None, str, None, None, dict[str, Any]]:
     """variance_scaling (and presets), trunc_normal, meanfield, lsuv: their own parameters."""
     p = {k: (entry.parameters[k] if v is None else v) for k, v in given.items()}
     fam = entry.family
@@ -396,7 +396,7 @@ def _resolve_own(
         var = inits.trunc_normal_moments(p["mean"], p["std"], p["a"], p["b"])[1]
         k = p["b"] / p["std"]
         cut = f"cut at ±{k:.3g}σ" + (" (in effect untruncated)" if k >= 6 else "")
-        return name, math.nan, (f"trunc_normal_(std={p['std']:g}, a={p['a']:g}, b={p['b']:g}): "
+        return name, None, (f"trunc_normal_(std={p['std']:g}, a={p['a']:g}, b={p['b']:g}): "
                                 f"{cut}, Var(W) = {var:.4g}, no fan scaling"), None, None, p
     if fam == "meanfield":
         p["sigma_w2"] = _number(name, "sigma_w2", p["sigma_w2"], minimum=0.0, strict=True)
