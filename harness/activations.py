@@ -1,14 +1,21 @@
 """The activation registry: one entry per activation holds everything about it.
 
-Each entry has the torch function φ, its derivative φ', the Gaussian moments
+Each entry has the torch function φ, its first and second derivatives φ', φ'', the Gaussian
+moments
 
     V_φ(q) = E_{z~N(0,q)}[φ(z)²]        D_φ(q) = E_{z~N(0,q)}[φ'(z)²]
+    V_φ'(q) = dV_φ/dq = E[φ'(z)² + φ(z)φ''(z)]             (Stein's lemma)
+    C_φ(q, c) = E[φ(u_1)φ(u_2)]      C'_φ(q, c) = E[φ'(u_1)φ'(u_2)],
+                (u_1, u_2) ~ N(0, q [[1, c], [c, 1]])
 
-in closed form where one exists (linear, relu, leaky_relu) and by quadrature otherwise
-(`harness.quadrature`, accurate to 1e-10 relative for q ≤ 100), and the name under which
-`torch.nn.init.calculate_gain` knows it (None where torch has no gain for it). φ and φ' are
-written once, in torch, and serve both the runner (on the device, any dtype) and the theory
-(float64 quadrature nodes on the CPU), so the two cannot drift apart.
+in closed form where one exists (linear, relu, leaky_relu: V, D and the arc-cosine kernel C)
+and by quadrature otherwise (`harness.quadrature`: 1-D accurate to 1e-10 relative for q ≤ 100,
+2-D to ~1e-10 absolute on the scale of V), and the name under which
+`torch.nn.init.calculate_gain` knows it (None where torch has no gain for it). φ, φ' and φ''
+are written once, in torch, and serve both the runner (on the device, any dtype) and the
+theory (float64 quadrature nodes on the CPU), so the two cannot drift apart. Where φ' jumps
+(relu, leaky_relu, elu with α ≠ 1, selu: all at 0, where φ(0) = 0) φ'' is the pointwise
+derivative; the jump's delta term is multiplied by φ(0) = 0 in V_φ' and drops out.
 
     >>> act = get("leaky_relu", negative_slope=0.1)
     >>> float(act.V(2.0))     # q (1 + a²) / 2
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .quadrature import gaussian_expectation
+from .quadrature import gaussian_expectation, gaussian_expectation_2d
 
 Fn = Callable[..., torch.Tensor]
 Moment = Callable[..., Any]
@@ -39,13 +46,16 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @dataclass(frozen=True)
 class ActivationKind:
-    """A registry entry: φ(x, **p), φ'(x, **p), optional closed-form V(q, **p), D(q, **p)."""
+    """A registry entry: φ(x, **p), φ'(x, **p), φ''(x, **p), optional closed-form V(q, **p),
+    D(q, **p) and C(q, c, **p) = E[φ(u_1)φ(u_2)]."""
 
     name: str
     phi: Fn
     dphi: Fn
+    ddphi: Fn
     V_closed: Moment | None = None
     D_closed: Moment | None = None
+    C_closed: Moment | None = None
     gain_name: str | None = None
     defaults: Mapping[str, float] = field(default_factory=dict)
     doc: str = ""
@@ -83,6 +93,24 @@ class Activation:
             return np.broadcast_to(self.kind.D_closed(qa, **self.params), qa.shape).copy()
         return gaussian_expectation(lambda z: self.dphi(z) ** 2, q)
 
+    def ddphi(self, x: torch.Tensor) -> torch.Tensor:
+        """φ''(x), elementwise (pointwise derivative of φ'; 0 on the linear pieces)."""
+        return self.kind.ddphi(x, **self.params)
+
+    def V_slope(self, q: float | np.ndarray) -> np.ndarray:
+        """dV_φ/dq = E_{z~N(0,q)}[φ'(z)² + φ(z)φ''(z)] (the slope of the length map / σ_w²)."""
+        return gaussian_expectation(lambda z: self.dphi(z) ** 2 + self.phi(z) * self.ddphi(z), q)
+
+    def C(self, q: float, c: float) -> float:
+        """C_φ(q, c) = E[φ(u_1)φ(u_2)], (u_1, u_2) ~ N(0, q[[1, c], [c, 1]]); C(q, 1) = V(q)."""
+        if self.kind.C_closed is not None:
+            return float(self.kind.C_closed(float(q), float(c), **self.params))
+        return gaussian_expectation_2d(self.phi, self.phi, q, c)
+
+    def C_prime(self, q: float, c: float) -> float:
+        """C'_φ(q, c) = E[φ'(u_1)φ'(u_2)] = ∂C_φ/∂(qc); C'(q, 1) = D(q)."""
+        return gaussian_expectation_2d(self.dphi, self.dphi, q, c)
+
     @property
     def gain_param(self) -> float | None:
         """The `param` calculate_gain takes for this activation (leaky_relu's slope)."""
@@ -91,6 +119,18 @@ class Activation:
     def describe(self) -> str:
         inner = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
         return f"{self.name}({inner})" if inner else self.name
+
+
+def _relu_C(q: float, c: float) -> float:
+    """E[relu(u_1) relu(u_2)] = q (√(1−c²) + (π − arccos c) c) / (2π) (Cho & Saul 2009)."""
+    c = min(1.0, max(-1.0, c))
+    return q * (math.sqrt(max(0.0, 1.0 - c * c)) + (math.pi - math.acos(c)) * c) / (2 * math.pi)
+
+
+def _leaky_relu_C(q: float, c: float, negative_slope: float) -> float:
+    """φ = relu(x) − a·relu(−x): C = (1 + a²) K(c) − 2a K(−c), K the relu kernel."""
+    a = negative_slope
+    return (1 + a * a) * _relu_C(q, c) - 2 * a * _relu_C(q, -c)
 
 
 def _sigmoid_dphi(x: torch.Tensor) -> torch.Tensor:
@@ -103,10 +143,30 @@ def _silu_dphi(x: torch.Tensor) -> torch.Tensor:
     return s * (1 + x * (1 - s))
 
 
+def _sigmoid_ddphi(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 - s) * (1 - 2 * s)
+
+
+def _silu_ddphi(x: torch.Tensor) -> torch.Tensor:
+    # d/dx [s (1 + x (1 − s))] = s (1 − s) (2 + x (1 − 2s)),  s = σ(x)
+    s = torch.sigmoid(x)
+    return s * (1 - s) * (2 + x * (1 - 2 * s))
+
+
 def _gelu_dphi(x: torch.Tensor) -> torch.Tensor:
     # d/dx [x Φ(x)] = Φ(x) + x ϕ(x)
     cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
     return cdf + x * _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+
+
+def _gelu_ddphi(x: torch.Tensor) -> torch.Tensor:
+    # d/dx [Φ(x) + x ϕ(x)] = ϕ(x) (2 − x²)
+    return _INV_SQRT_2PI * torch.exp(-0.5 * x * x) * (2 - x * x)
+
+
+def _zeros(x: torch.Tensor, **_: float) -> torch.Tensor:
+    return torch.zeros_like(x)
 
 
 REGISTRY: dict[str, ActivationKind] = {
@@ -116,8 +176,10 @@ REGISTRY: dict[str, ActivationKind] = {
             "linear",
             phi=lambda x: x,
             dphi=torch.ones_like,
+            ddphi=_zeros,
             V_closed=lambda q: q,
             D_closed=lambda q: 1.0,
+            C_closed=lambda q, c: q * c,
             gain_name="linear",
             doc="φ(x) = x; V = q, D = 1",
         ),
@@ -125,8 +187,10 @@ REGISTRY: dict[str, ActivationKind] = {
             "relu",
             phi=torch.relu,
             dphi=lambda x: (x > 0).to(x.dtype),
+            ddphi=_zeros,
             V_closed=lambda q: q / 2,
             D_closed=lambda q: 0.5,
+            C_closed=_relu_C,
             gain_name="relu",
             doc="φ(x) = max(0, x); V = q/2, D = 1/2",
         ),
@@ -136,8 +200,10 @@ REGISTRY: dict[str, ActivationKind] = {
             dphi=lambda x, negative_slope: torch.where(
                 x > 0, torch.ones_like(x), torch.full_like(x, negative_slope)
             ),
+            ddphi=_zeros,
             V_closed=lambda q, negative_slope: q * (1 + negative_slope**2) / 2,
             D_closed=lambda q, negative_slope: (1 + negative_slope**2) / 2,
+            C_closed=_leaky_relu_C,
             gain_name="leaky_relu",
             defaults={"negative_slope": 0.01},
             doc="φ(x) = max(x, a·x); V = q(1+a²)/2, D = (1+a²)/2",
@@ -146,6 +212,7 @@ REGISTRY: dict[str, ActivationKind] = {
             "tanh",
             phi=torch.tanh,
             dphi=lambda x: 1 - torch.tanh(x) ** 2,
+            ddphi=lambda x: -2 * torch.tanh(x) * (1 - torch.tanh(x) ** 2),
             gain_name="tanh",
             doc="φ(x) = tanh x",
         ),
@@ -153,6 +220,7 @@ REGISTRY: dict[str, ActivationKind] = {
             "sigmoid",
             phi=torch.sigmoid,
             dphi=_sigmoid_dphi,
+            ddphi=_sigmoid_ddphi,
             gain_name="sigmoid",
             doc="φ(x) = 1/(1+e^-x)",
         ),
@@ -162,6 +230,9 @@ REGISTRY: dict[str, ActivationKind] = {
             dphi=lambda x: torch.where(
                 x > 0, torch.full_like(x, SELU_SCALE), SELU_SCALE * SELU_ALPHA * torch.exp(x)
             ),
+            ddphi=lambda x: torch.where(
+                x > 0, torch.zeros_like(x), SELU_SCALE * SELU_ALPHA * torch.exp(x)
+            ),
             gain_name="selu",
             doc="φ(x) = λ x (x>0), λ α (e^x − 1) (x≤0)",
         ),
@@ -169,6 +240,7 @@ REGISTRY: dict[str, ActivationKind] = {
             "elu",
             phi=lambda x, alpha: F.elu(x, alpha),
             dphi=lambda x, alpha: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(x)),
+            ddphi=lambda x, alpha: torch.where(x > 0, torch.zeros_like(x), alpha * torch.exp(x)),
             defaults={"alpha": 1.0},
             doc="φ(x) = x (x>0), α (e^x − 1) (x≤0)",
         ),
@@ -176,12 +248,14 @@ REGISTRY: dict[str, ActivationKind] = {
             "gelu",
             phi=F.gelu,
             dphi=_gelu_dphi,
+            ddphi=_gelu_ddphi,
             doc="φ(x) = x Φ(x) (exact, erf form)",
         ),
         ActivationKind(
             "silu",
             phi=F.silu,
             dphi=_silu_dphi,
+            ddphi=_silu_ddphi,
             doc="φ(x) = x σ(x)",
         ),
         ActivationKind(
@@ -189,6 +263,9 @@ REGISTRY: dict[str, ActivationKind] = {
             phi=lambda x, beta: F.softplus(x, beta),
             # torch's softplus is exactly linear past βx > 20, so its derivative is 1 there
             dphi=lambda x, beta: torch.where(beta * x > 20, 1.0, torch.sigmoid(beta * x)),
+            ddphi=lambda x, beta: torch.where(
+                beta * x > 20, 0.0, beta * torch.sigmoid(beta * x) * torch.sigmoid(-beta * x)
+            ),
             defaults={"beta": 1.0},
             doc="φ(x) = log(1 + e^{βx})/β (torch's, linear past βx > 20)",
         ),

@@ -74,14 +74,11 @@ def _torch_init(spec: Spec) -> Callable[[torch.Tensor, torch.Generator], None]:
         return lambda w, g: fn(w, gain=spec.gain, generator=g)
     if entry.family == "orthogonal":
         return lambda w, g: I.orthogonal_(w, gain=spec.gain, generator=g)
-    if entry.family == "lecun":
+    # no torch.nn.init function (Keras/JAX presets, meanfield, trunc_normal, ...): the same
+    # distribution drawn for this one weight
+    from .init import init_
 
-        def lecun(w: torch.Tensor, g: torch.Generator) -> None:
-            sigma = math.sqrt(1.0 / w.shape[1]) / 0.87962566103423978
-            I.trunc_normal_(w, 0.0, sigma, -2 * sigma, 2 * sigma, generator=g)
-
-        return lecun
-    raise ValueError(f"no naive baseline for scheme {spec.scheme}")
+    return lambda w, g: init_(w.unsqueeze(0), spec.scheme, generator=g, **spec.init_kwargs())
 
 
 class _Phi(nn.Module):

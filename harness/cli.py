@@ -20,11 +20,12 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import launchers
+from . import experiments, launchers
 from .spec import ConfigError, Spec
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 LAUNCHER = "launcher"  #: the config group choosing the --multirun launcher (conf/launcher/)
+experiments.register()  # experiment=NAME -> experiments/NAME.yaml, from any working directory
 
 #: flags after which Hydra prints something and runs nothing: leave them to Hydra
 INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i",
@@ -50,12 +51,14 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def groups() -> dict[str, list[str]]:
-    """Config group -> its options (the YAML files in conf/<group>/)."""
-    return {
+    """Config group -> its options (the YAML files in conf/<group>/, and experiments/)."""
+    out = {
         d.name: sorted(p.stem for p in d.glob("*.yaml"))
         for d in sorted(CONF_DIR.iterdir())
         if d.is_dir()
     }
+    out[experiments.GROUP] = experiments.names()
+    return out
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

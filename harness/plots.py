@@ -18,7 +18,10 @@ LABELS = {
     "weight_grad": r"weight grad: mean $(\partial\,\mathrm{loss}/\partial W^l)^2$",
     "channel_mean_sq": r"channel mean$^2$: mean$_c$ $\bar h_c^2$",
     "channel_var": r"channel variance: mean$_c$ Var $h_c$",
+    "correlation": r"correlation: mean $\cos(h^l_a, h^l_b)$, $a \neq b$",
 }
+#: quantities drawn on a linear axis (the rest are second moments, on a log axis)
+LINEAR = {"correlation"}
 
 
 def layer_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -49,33 +52,54 @@ def title_of(df: pd.DataFrame) -> str:
     if row["arch"] == "conv":
         image = "×".join([str(row["image"])] * int(row["conv_dim"]))
         conv = f" · kernel {row['kernel']}, image {image}, {row['padding_mode']} padding"
+    gain = "n/a" if pd.isna(row["gain"]) else f"{row['gain']:.3g}"
     return (
-        f"{row['arch']} · {row['scheme']} (gain {row['gain']:.3g}, {row['mode']}) · {act} · "
+        f"{row['arch']} · {row['scheme']} (gain {gain}, {row['mode']}) · {act} · "
         f"depth {row['depth']} · width {width}{conv} · {row['replicates']} replicates × "
         f"{row['batch']} inputs · {row['device']} {row['dtype']}"
     )
 
 
-def variance(df: pd.DataFrame, quantities: tuple[str, ...] = ("forward", "backward")) -> Figure:
-    """Measured per-layer moments (replicate mean, band = replicate min–max) vs theory, log y."""
+def variance(
+    df: pd.DataFrame,
+    quantities: tuple[str, ...] = ("forward", "backward", "correlation"),
+    *,
+    bands: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    note: str | None = None,
+) -> Figure:
+    """Measured per-layer moments (replicate mean, band = replicate min–max) vs theory, log y
+    (correlation: linear y). `bands` adds a theory band per quantity (lower, upper per layer,
+    e.g. the finite-width band of the forward moment); `note` a second title line (e.g. the
+    criticality summary). Quantities absent from df are skipped."""
+    present = set(df["quantity"].unique())
+    quantities = tuple(q for q in quantities if q in present)
     s = layer_summary(df)
     fig, axes = plt.subplots(1, len(quantities), figsize=(5.2 * len(quantities), 4.0),
                              squeeze=False, constrained_layout=True)
     for ax, q in zip(axes[0], quantities, strict=True):
         d = s[s["quantity"] == q]
-        pos = d["mean"] > 0
-        ax.fill_between(d["layer"][pos], d["min"][pos].clip(lower=np.finfo(float).tiny),
-                        d["max"][pos], alpha=0.25, color="C0", lw=0, label="replicate range")
-        ax.plot(d["layer"][pos], d["mean"][pos], "o-", ms=2.5, lw=1.2, color="C0",
+        linear = q in LINEAR
+        shown = d if linear else d[d["mean"] > 0]
+        low = shown["min"] if linear else shown["min"].clip(lower=np.finfo(float).tiny)
+        ax.fill_between(shown["layer"], low, shown["max"], alpha=0.25, color="C0", lw=0,
+                        label="replicate range")
+        ax.plot(shown["layer"], shown["mean"], "o-", ms=2.5, lw=1.2, color="C0",
                 label="measured (mean)")
-        th = d["theory"].where(np.isfinite(d["theory"]) & (d["theory"] > 0))
-        ax.plot(d["layer"], th, "--", lw=1.5, color="k", label="mean-field theory")
-        ax.set_yscale("log")
+        if bands and q in bands:
+            lo, hi = bands[q]
+            ax.plot(d["layer"], lo, ":", lw=1.4, color="C3",
+                    label="finite-width 95% band (Hanin & Nica)")
+            ax.plot(d["layer"], hi, ":", lw=1.4, color="C3")
+        ok = np.isfinite(d["theory"]) & (True if linear else d["theory"] > 0)
+        ax.plot(d["layer"], d["theory"].where(ok), "--", lw=1.5, color="k",
+                label="mean-field theory")
+        if not linear:
+            ax.set_yscale("log")
         ax.set_xlabel("layer $l$")
         ax.set_title(LABELS.get(q, q), fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best")
-    fig.suptitle(title_of(df), fontsize=9)
+    fig.suptitle(title_of(df) + (f"\n{note}" if note else ""), fontsize=9)
     return fig
 
 

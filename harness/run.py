@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import cli, conv_theory, launchers, plots, summary, sweep
+from . import cli, conv_theory, criticality, finite_width, launchers, lsuv, plots, summary, sweep
 from .results import (
     METADATA,
     METRICS,
@@ -60,11 +60,18 @@ def execute(
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
     measurement = measure(spec, progress=bool(cfg.get("progress", True)) and echo)
-    predicted = predict(spec)
+    theory_var_w = measurement.info.get("weight_variances")  # lsuv: its mean-field gains
+    predicted = predict(spec, theory_var_w)
     df = to_frame(spec, measurement.values, predicted)
     pos = None
     if spec.is_conv:
         pos = positions_frame(spec, measurement.positions, conv_theory.position_maps(spec))
+    crit = criticality.for_spec(spec, theory_var_w)
+    band = finite_width.band(spec, predicted["forward"], predicted.get("correlation"))
+    coverage = finite_width.coverage(band, measurement.values["forward"])
+    notes = [criticality.describe(crit), finite_width.describe(coverage, spec.replicates)]
+    if "lsuv" in measurement.info:
+        notes.append(lsuv.describe(measurement.info))
 
     meta = run_metadata(
         spec,
@@ -73,12 +80,17 @@ def execute(
         chunk_size=measurement.chunk_size,
         reproduce=command,
         numeric_events=summary.numeric_events(df),
+        criticality=crit.to_dict(),
+        finite_width_band=coverage,
+        **({"lsuv": measurement.info["lsuv"]} if "lsuv" in measurement.info else {}),
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.yaml", cli.resolved_yaml(cfg).encode())
     write_json(meta, out / METADATA)
     if cfg.get("plot", True):
-        _save_png(plots.variance, df, out / "variance.png")
+        bands = {"forward": (band.lower, band.upper)} if band.lower is not None else None
+        note = criticality.describe(crit, short=True)
+        _save_png(lambda frame: plots.variance(frame, bands=bands, note=note), df, out / "variance.png")
         if pos is not None:
             _save_png(plots.positions, pos, out / "positions.png")
     if pos is not None:
@@ -86,7 +98,7 @@ def execute(
     write_parquet(df, out / METRICS, meta)
 
     wall = time.perf_counter() - t0
-    for line in summary.verdict(df):
+    for line in [*summary.verdict(df), *notes]:
         say(line)
     if pos is not None:
         for line in summary.position_lines(pos):

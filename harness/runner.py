@@ -10,6 +10,11 @@ weight-gradient moment uses
 (THEORY.md), so per-example gradients are never materialized either. Statistics stay on the
 device as (R, L) tensors and reach the host once per run. Conv stacks (arch=conv) go through
 `harness.conv.propagate` instead: one grouped conv per layer, with per-position statistics.
+
+`correlation` is the mean cosine similarity of the pre-activations h^l_a, h^l_b of distinct
+inputs a ≠ b of one network, from one sum: with u_b = h_b/‖h_b‖,
+Σ_{a≠b} cos(h_a, h_b) = ‖Σ_b u_b‖² − Σ_b ‖u_b‖² (measured when batch ≥ 2). Schemes that
+calibrate on data (lsuv) adjust the sampled weights in `harness.lsuv` before the measurement.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +50,26 @@ class Measurement:
     chunk_size: int
     device_name: str
     positions: dict[str, np.ndarray] = field(default_factory=dict)
+    #: data-dependent facts of the draw: for lsuv, "lsuv" (iterations, realized gains) and
+    #: "weight_variances" (Var(W^l) at LSUV's mean-field gains, which the theory then uses)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def mean_cosine(h: torch.Tensor, sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pairs a ≠ b of cos(h_a, h_b) for h (R, B, n): (R,). `sq_norm` (R, B) may pass
+    the precomputed ‖h_b‖².
+
+    Inputs whose h is exactly 0 (a dead relu layer at tiny width) have no direction and are
+    left out; nan when fewer than two remain.
+    """
+    if sq_norm is None:
+        sq_norm = h.square().sum(-1)
+    alive = sq_norm > 0  # (R, B)
+    inv = torch.where(alive, sq_norm.clamp(min=torch.finfo(h.dtype).tiny).rsqrt(), 0.0)
+    s = torch.bmm(inv.unsqueeze(1), h).squeeze(1)  # Σ_b h_b/‖h_b‖, (R, n)
+    k = alive.sum(1).to(h.dtype)  # inputs with a direction, (R,)
+    total = s.square().sum(-1) - k  # Σ_{a≠b} u_a·u_b, (R,)
+    return torch.where(k >= 2, total / (k * (k - 1)).clamp(min=1), torch.nan)
 
 
 def propagate(
@@ -62,7 +88,8 @@ def propagate(
 
     Returns (R, L) tensors (activation: (R, L-1)), for l = 1..L:
         forward = mean (h^l)²,  activation = mean φ(h^l)² (l < L),  backward = mean (δ^l)²,
-        weight_grad = mean_b[mean_i (δ^l_bi)² · mean_j (x^{l-1}_bj)²].
+        weight_grad = mean_b[mean_i (δ^l_bi)² · mean_j (x^{l-1}_bj)²],
+        correlation = mean_{a≠b} cos(h^l_a, h^l_b) (only when B ≥ 2).
     """
     L = len(weights)
     R = x0.shape[0]
@@ -72,6 +99,8 @@ def propagate(
         backward=x0.new_empty(R, L),
         weight_grad=x0.new_empty(R, L),
     )
+    if x0.shape[1] >= 2:
+        stat["correlation"] = x0.new_empty(R, L)
     x_sq: list[torch.Tensor] = []  # mean_j (x^{l-1}_bj)², (R, B)
     dphi: list[torch.Tensor] = []  # φ'(h^l), (R, B, n_l), l < L
     x = x0
@@ -81,7 +110,10 @@ def propagate(
             h = torch.baddbmm(biases[l].unsqueeze(1), x, W.transpose(1, 2))  # (R, B, n_l)
         else:
             h = torch.bmm(x, W.transpose(1, 2))  # (R, B, n_l)
-        stat["forward"][:, l] = h.square().mean((1, 2))
+        sq_norm = torch.linalg.vector_norm(h, dim=-1).square()  # ‖h_b‖², (R, B)
+        stat["forward"][:, l] = sq_norm.mean(-1) / h.shape[-1]
+        if "correlation" in stat:
+            stat["correlation"][:, l] = mean_cosine(h, sq_norm)
         if l < L - 1:
             dphi.append(act.dphi(h))
             x = act.phi(h)
@@ -134,15 +166,8 @@ def sample_chunk(
     """Draw r members' weights (and biases), their inputs x^0 and cotangents r."""
     kw = dict(dtype=spec.torch_dtype, device=spec.device)
     weights = [
-        init_(
-            torch.empty((r, *shape), **kw),
-            spec.scheme,
-            mode=spec.mode,
-            nonlinearity=spec.nonlinearity or "leaky_relu",
-            a=spec.a or 0.0,
-            gain=spec.gain,
-            generator=generator,
-        )
+        init_(torch.empty((r, *shape), **kw), spec.scheme, generator=generator,
+              **spec.init_kwargs())
         for shape in spec.weight_shapes
     ]
     biases = None
@@ -151,11 +176,23 @@ def sample_chunk(
             torch.empty((r, n), **kw).normal_(0.0, spec.bias_std, generator=generator)
             for n in spec.widths[1:]
         ]
-    x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), **kw)
-    x0.normal_(0.0, math.sqrt(spec.input_var), generator=generator)
+    x0 = draw_inputs(spec, r, generator)
     cot = torch.empty((r, spec.batch, spec.widths[-1], *spec.spatial), **kw)
     cot.normal_(generator=generator)
     return weights, biases, x0, cot
+
+
+def draw_inputs(spec: Spec, r: int, generator: torch.Generator) -> torch.Tensor:
+    """Inputs (r, batch, n_0, *spatial): x_b = √q_0 (√c z + √(1−c) z_b), z and z_b iid
+    N(0, I), so E[x²] = q_0 = input_var and every pair of inputs has correlation c = input_corr."""
+    kw = dict(dtype=spec.torch_dtype, device=spec.device)
+    x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), **kw)
+    x0.normal_(0.0, math.sqrt(spec.input_var), generator=generator)
+    if spec.input_corr > 0:
+        shared = torch.empty((r, 1, spec.widths[0], *spec.spatial), **kw)
+        shared.normal_(0.0, math.sqrt(spec.input_var), generator=generator)
+        x0 = math.sqrt(1.0 - spec.input_corr) * x0 + math.sqrt(spec.input_corr) * shared
+    return x0
 
 
 @torch.no_grad()
@@ -173,13 +210,23 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
         bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False)
     act = spec.activation
     run = functools.partial(conv.propagate, padding_mode=spec.padding_mode) if spec.is_conv else propagate
+    calibrations = []
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
         weights, biases, x0, cot = sample_chunk(spec, r, generator)
+        if spec.scheme == "lsuv":  # rescale the weights on a fresh calibration batch
+            from . import lsuv
+
+            calibrations.append(lsuv.calibrate_spec(spec, weights, biases, generator))
         parts.append(run(weights, biases, x0, cot, act, tick=bar.update if bar else None))
         del weights, biases, x0, cot
     if bar is not None:
         bar.close()
+    info: dict[str, Any] = {}
+    if calibrations:
+        from . import lsuv
+
+        info = lsuv.collect(spec, calibrations)
     # one device-to-host copy for all statistics
     keys = list(parts[0])
     flat = torch.cat([torch.cat([p[k] for p in parts], 0).flatten(1) for k in keys], 1)
@@ -195,4 +242,4 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
         else:
             values[k] = v
     return Measurement(values, time.perf_counter() - start, size, device_name(spec.device),
-                       positions)
+                       positions, info)

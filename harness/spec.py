@@ -22,9 +22,12 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PADDING_MODES = ("zeros", "circular")
 CONV_DIMS = (1, 2)
-QUANTITIES = ("forward", "activation", "backward", "weight_grad")
+#: what an MLP run measures (correlation needs batch ≥ 2)
+QUANTITIES = ("forward", "activation", "backward", "weight_grad", "correlation")
 #: Brock et al. 2021's signal-propagation statistics, measured for arch=conv only
 CHANNEL_QUANTITIES = ("channel_mean_sq", "channel_var")
+#: what a conv run measures
+CONV_QUANTITIES = ("forward", "activation", "backward", "weight_grad", *CHANNEL_QUANTITIES)
 ALL_QUANTITIES = (*QUANTITIES, *CHANNEL_QUANTITIES)
 
 
@@ -46,7 +49,7 @@ class Spec:
     width: int | None
     scheme: str
     mode: str
-    gain: float
+    gain: float | None  # None: the scheme has no gain (trunc_normal's std is absolute)
     gain_source: str
     nonlinearity: str | None
     a: float | None
@@ -65,6 +68,11 @@ class Spec:
     image: int | None = None
     padding_mode: str | None = None
     conv_dim: int | None = None
+    #: the scheme's own resolved parameters beyond gain/nonlinearity/a (e.g. variance_scaling's
+    #: scale and distribution, meanfield's sigma_w2 and sigma_b2), as (key, value) pairs
+    scheme_params: tuple[tuple[str, Any], ...] = ()
+    #: pairwise correlation of the inputs: x_b = √input_var (√c z + √(1−c) z_b)
+    input_corr: float = 0.0
 
     # ---- derived views ------------------------------------------------------------------
     @property
@@ -95,8 +103,11 @@ class Spec:
 
     @property
     def quantities(self) -> tuple[str, ...]:
-        """The quantities measured for this arch (conv adds the channel statistics)."""
-        return ALL_QUANTITIES if self.is_conv else QUANTITIES
+        """The quantities measured for this arch: conv adds the channel statistics; an MLP adds
+        the correlation between inputs when it has at least two (batch ≥ 2)."""
+        if self.is_conv:
+            return CONV_QUANTITIES
+        return QUANTITIES if self.batch >= 2 else QUANTITIES[:-1]
 
     @property
     def weight_shapes(self) -> list[tuple[int, ...]]:
@@ -107,16 +118,25 @@ class Spec:
     def weight_variances(self) -> list[float]:
         """Var(W^l) per layer, from the one function the sampler uses too."""
         return [
-            inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain)
+            inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain,
+                                  **dict(self.scheme_params))
             for s in self.weight_shapes
         ]
 
     def tap_variances(self) -> list[np.ndarray]:
         """E[W^l[:, :, t]²] per kernel tap t (shape kernel_shape), per layer."""
         return [
-            inits.tap_variances(self.scheme, s, mode=self.mode, gain=self.gain)
+            inits.tap_variances(self.scheme, s, mode=self.mode, gain=self.gain,
+                                **dict(self.scheme_params))
             for s in self.weight_shapes
         ]
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments `harness.init.init_` takes for this run's scheme."""
+        kw: dict[str, Any] = dict(mode=self.mode, nonlinearity=self.nonlinearity or "leaky_relu",
+                                  a=self.a or 0.0, gain=self.gain)
+        kw.update(self.scheme_params)  # trunc_normal's own `a` (its lower bound) wins
+        return kw
 
     def columns(self) -> dict[str, Any]:
         """The config columns every row of this run's metrics carries."""
@@ -130,12 +150,15 @@ class Spec:
             "depth": self.depth,
             "width": self.width,
             "widths": ",".join(map(str, self.widths)),
-            "gain": self.gain,
+            "gain": math.nan if self.gain is None else self.gain,
             "batch": self.batch,
             "replicates": self.replicates,
             "seed": self.seed,
             "bias_std": self.bias_std,
             "input_var": self.input_var,
+            "scheme_params": ",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                                      for k, v in self.scheme_params),
+            "input_corr": self.input_corr,
             "dtype": self.dtype,
             "device": self.device,
             "kernel": self.kernel,
@@ -148,6 +171,7 @@ class Spec:
         d = asdict(self)
         d["widths"] = list(self.widths)
         d["act_params"] = dict(self.act_params)
+        d["scheme_params"] = dict(self.scheme_params)
         return d
 
     # ---- construction -------------------------------------------------------------------
@@ -201,10 +225,20 @@ class Spec:
             raise ConfigError(str(e)) from None
 
         mode = _choice(cfg, "mode", inits.MODES, default="fan_in")
-        scheme_name, gain, gain_source, nonlinearity, a = _resolve_scheme(cfg, act, mode)
+        scheme_name, gain, gain_source, nonlinearity, a, params = _resolve_scheme(cfg, act, mode)
 
         bias_std = _float(cfg, "bias_std", minimum=0.0, default=0.0)
+        if "sigma_b2" in params:  # meanfield: σ_b² is the scheme's, so that σ_w², σ_b² go together
+            if bias_std != 0.0:
+                raise ConfigError(
+                    f"scheme {scheme_name} sets the bias variance with scheme.sigma_b2; leave "
+                    f"bias_std at 0 (got bias_std={bias_std:g})"
+                )
+            bias_std = math.sqrt(params["sigma_b2"])
         input_var = _float(cfg, "input_var", minimum=0.0, default=1.0, strict=True)
+        input_corr = cfg.get("input_corr", 0.0)
+        if not (_is_number(input_corr) and 0.0 <= input_corr <= 1.0):
+            raise ConfigError(f"input_corr must be a number in [0, 1]; got {input_corr!r}")
         batch = _int(cfg, "batch", minimum=1)
         replicates = _int(cfg, "replicates", minimum=1)
         seed = _int(cfg, "seed", minimum=0, default=0)
@@ -212,6 +246,11 @@ class Spec:
         dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
         conv = _conv_keys(cfg) if arch == "conv" else {}
+        if arch == "conv" and inits.scheme(scheme_name).family == "lsuv":
+            raise ConfigError("scheme lsuv calibrates MLPs only; for arch=conv choose another scheme")
+        if arch == "conv" and input_corr != 0:
+            raise ConfigError(f"input_corr is implemented for arch=mlp only; for arch=conv leave it "
+                              f"at 0 (got {input_corr!r})")
         if inits.scheme(scheme_name).family == "delta_orthogonal":
             _check_delta_orthogonal(widths)
 
@@ -237,6 +276,8 @@ class Spec:
             dtype=dtype,
             memory_budget_mb=budget,
             **conv,
+            scheme_params=tuple(params.items()),
+            input_corr=float(input_corr),
         )
 
 
@@ -314,8 +355,9 @@ def _resolve_device(device: Any) -> str:
 
 def _resolve_scheme(
     cfg: Mapping[str, Any], act: activations.Activation, mode: str
-) -> tuple[str, float, str, str | None, float | None]:
-    """(scheme name, gain, how the gain was chosen, nonlinearity, a) from cfg['scheme']."""
+) -> tuple[str, float | None, str, str | None, float | None, dict[str, Any]]:
+    """(scheme name, gain, how the gain was chosen, nonlinearity, a, the scheme's own params)
+    from cfg['scheme'], validated against the registry entry's declared parameters."""
     sc = cfg.get("scheme")
     if not isinstance(sc, Mapping) or "name" not in sc:
         raise ConfigError(f"scheme must be chosen from: {', '.join(inits.NAMES)}")
@@ -324,30 +366,39 @@ def _resolve_scheme(
         entry = inits.scheme(name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    gain, nonlinearity, a = sc.get("gain"), sc.get("nonlinearity"), sc.get("a")
-    allowed = [k for k, used in [("gain", entry.uses_gain), ("nonlinearity", entry.uses_nonlinearity),
-                                 ("a", entry.uses_nonlinearity)] if used]
-    for key, val in (("gain", gain), ("nonlinearity", nonlinearity), ("a", a)):
-        if val is not None and key not in allowed:
+    declared = entry.parameters
+    for key, val in sc.items():
+        if key != "name" and val is not None and key not in declared:
             raise ConfigError(
-                f"scheme {name} takes no {key} (its parameters: {', '.join(allowed) or 'none'}); "
+                f"scheme {name} takes no {key} (its parameters: {', '.join(declared) or 'none'}); "
                 f"got scheme.{key}={val!r}"
             )
-    if gain is not None and not (_is_number(gain) and gain > 0):
-        raise ConfigError(f"scheme.gain must be a finite number > 0; got {gain!r}")
+    _check_mode(entry, name, mode)
+    if entry.family in ("variance_scaling", "trunc_normal", "meanfield", "lsuv"):
+        return _resolve_own(entry, name, {k: sc.get(k) for k in declared})
+
+    gain, nonlinearity, a = sc.get("gain"), sc.get("nonlinearity"), sc.get("a")
+    if gain is not None and gain != "exact" and not (_is_number(gain) and gain > 0):
+        raise ConfigError(f"scheme.gain must be a finite number > 0 or exact; got {gain!r}")
     if a is not None and not _is_number(a):
         raise ConfigError(f"scheme.a must be a number; got {a!r}")
 
     if entry.family == "torch_default":
         g = inits.resolve_gain(entry.name)
-        return name, g, f"kaiming_uniform_(a=√5): gain √(1/3) = {g:.4g}", None, None
-    if gain is not None:
+        return name, g, f"kaiming_uniform_(a=√5): gain √(1/3) = {g:.4g}", None, None, {}
+    if gain == "exact":
+        g = exact_gain(act)
+        source = (f"gain exact = V_φ(1)^(-1/2) = {g:.4g} (q* = 1 is a fixed point of square "
+                  f"layers without bias)")
+        if entry.family != "kaiming":
+            return name, g, source, None, None, {}
+    elif gain is not None:
         g = float(gain)
-        return name, g, f"gain {g:g} (set by scheme.gain)", nonlinearity, a
-    if entry.family == "delta_orthogonal":
-        return name, 1.0, "gain 1 (the default; no torch function)", None, None
-    if entry.family != "kaiming":
-        return name, 1.0, "gain 1 (torch's default)", None, None
+        return name, g, f"gain {g:g} (set by scheme.gain)", nonlinearity, a, {}
+    elif entry.family == "delta_orthogonal":
+        return name, 1.0, "gain 1 (the default; no torch function)", None, None, {}
+    elif entry.family != "kaiming":
+        return name, 1.0, "gain 1 (torch's default)", None, None, {}
 
     # kaiming: the nonlinearity follows act where calculate_gain knows it
     note = ""
@@ -366,7 +417,87 @@ def _resolve_scheme(
         )
     if a is None:
         a = act.gain_param if (nonlinearity == "leaky_relu" and act.gain_param is not None) else 0.0
+    if gain == "exact":
+        return name, g, source, nonlinearity, float(a), {}
     g = float(inits.calculate_gain(nonlinearity, float(a)))
     arg = f", a={a:g}" if nonlinearity == "leaky_relu" else ""
     source = f"calculate_gain('{nonlinearity}'{arg}) = {g:.4g}" + (f" ({note})" if note else "")
-    return name, g, source, nonlinearity, float(a)
+    return name, g, source, nonlinearity, float(a), {}
+
+
+def exact_gain(act: activations.Activation) -> float:
+    """The forward-exact gain V_φ(1)^(-1/2): with σ_w² = g² (square layers, fan_in or xavier or
+    orthogonal scaling) and no bias, q = 1 maps to σ_w² V_φ(1) = 1, a fixed point."""
+    return float(1.0 / math.sqrt(float(act.V(1.0))))
+
+
+def _check_mode(entry: inits.Scheme, name: str, mode: str) -> None:
+    """kaiming takes fan_in | fan_out (as torch); fan_avg | fan_geo_avg only variance_scaling."""
+    choices = entry.mode_choices
+    if choices and mode not in choices:
+        raise ConfigError(
+            f"unknown mode {mode!r}; allowed: {', '.join(choices)} for scheme {name} (torch's "
+            f"kaiming_* take only these; fan_avg and fan_geo_avg are variance_scaling's)"
+        )
+    if not choices and mode not in inits.TORCH_MODES:
+        raise ConfigError(
+            f"mode {mode} is used only by variance_scaling (and fan_in/fan_out by kaiming); "
+            f"scheme {name} takes no mode"
+        )
+
+
+def _number(name: str, key: str, v: Any, *, minimum: float | None = None, strict: bool = False,
+            integer: bool = False) -> float:
+    ok = (_is_int(v) if integer else _is_number(v)) and (
+        minimum is None or (v > minimum if strict else v >= minimum))
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" ≥ {minimum:g}")
+        raise ConfigError(f"scheme {name}: scheme.{key} must be {kind}{bound}; got {v!r}")
+    return v if integer else float(v)
+
+
+def _resolve_own(
+    entry: inits.Scheme, name: str, given: dict[str, Any]
+) -> tuple[str, float | None, str, None, None, dict[str, Any]]:
+    """variance_scaling (and presets), trunc_normal, meanfield, lsuv: their own parameters."""
+    p = {k: (entry.parameters[k] if v is None else v) for k, v in given.items()}
+    fam = entry.family
+    if fam == "variance_scaling":
+        if entry.preset is not None:
+            pr = entry.preset
+            g = math.sqrt(pr["scale"])
+            return name, g, (f"Keras/JAX {name}: scale {pr['scale']:g}, {pr['mode']}, "
+                             f"{pr['distribution']}"), None, None, {}
+        p["scale"] = _number(name, "scale", p["scale"], minimum=0.0, strict=True)
+        if p["distribution"] not in inits.DISTRIBUTIONS:
+            hint = (" ('normal' is ambiguous: Keras reads it as truncated_normal, JAX as "
+                    "untruncated_normal)") if p["distribution"] == "normal" else ""
+            raise ConfigError(f"unknown scheme.distribution {p['distribution']!r}{hint}; allowed: "
+                              f"{', '.join(inits.DISTRIBUTIONS)}")
+        g = math.sqrt(p["scale"])
+        return name, g, f"variance_scaling: scale {p['scale']:g}, {p['distribution']}", None, None, p
+    if fam == "trunc_normal":
+        for k in ("mean", "a", "b"):
+            p[k] = _number(name, k, p[k])
+        p["std"] = _number(name, "std", p["std"], minimum=0.0, strict=True)
+        if not (p["mean"] == 0.0 and p["a"] == -p["b"] and p["b"] > 0):
+            raise ConfigError(
+                f"scheme trunc_normal: the theory needs zero-mean weights, so mean 0 and a = −b > 0;"
+                f" got mean={p['mean']:g}, a={p['a']:g}, b={p['b']:g}"
+            )
+        var = inits.trunc_normal_moments(p["mean"], p["std"], p["a"], p["b"])[1]
+        k = p["b"] / p["std"]
+        cut = f"cut at ±{k:.3g}σ" + (" (in effect untruncated)" if k >= 6 else "")
+        return name, None, (f"trunc_normal_(std={p['std']:g}, a={p['a']:g}, b={p['b']:g}): "
+                                f"{cut}, Var(W) = {var:.4g}, no fan scaling"), None, None, p
+    if fam == "meanfield":
+        p["sigma_w2"] = _number(name, "sigma_w2", p["sigma_w2"], minimum=0.0, strict=True)
+        p["sigma_b2"] = _number(name, "sigma_b2", p["sigma_b2"], minimum=0.0)
+        return name, math.sqrt(p["sigma_w2"]), (f"σ_w² = {p['sigma_w2']:g}, σ_b² = "
+                                                f"{p['sigma_b2']:g}"), None, None, p
+    # lsuv
+    p["tol"] = _number(name, "tol", p["tol"], minimum=0.0, strict=True)
+    p["max_iter"] = _number(name, "max_iter", p["max_iter"], minimum=1, integer=True)
+    return name, 1.0, (f"orthogonal pre-init, then each layer rescaled until its output variance "
+                       f"is 1 ± {p['tol']:g} (≤ {p['max_iter']} iterations)"), None, None, p

@@ -13,6 +13,8 @@ def numeric_events(df: pd.DataFrame) -> list[str]:
     """Where a measured quantity overflowed (inf/nan) or underflowed (0), first layer only."""
     lines = []
     for q in _present(df):
+        if q == "correlation":  # a cosine: 0 is a value, and its nan follows a forward overflow
+            continue
         d = df[df["quantity"] == q]
         R = d["replicate"].nunique()
         for label, bad in (("overflowed to inf/nan", ~np.isfinite(d["value"])),
@@ -47,6 +49,14 @@ def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
             ratio = (d["mean"] / d["theory"]).to_numpy()
             logr = np.abs(np.log10(ratio))
             within = (np.abs(d["mean"] - d["theory"]) <= k * d["sem"]).to_numpy()
+        if q == "correlation":  # a cosine, near 0 or negative: differences, not log ratios
+            diff = np.abs(d["mean"] - d["theory"]).to_numpy()
+            i = int(np.nanargmax(np.where(np.isfinite(diff), diff, -1)))
+            worst = f"|diff| {diff[i]:.3f} (layer {int(d['layer'].iloc[i])})"
+            measured = f"{last['mean']:.4g} ± {last['sem']:.2g}"
+            lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {last['theory']:>10.4g} "
+                         f"{'':>7}  {worst:>19}  {int(within.sum())}/{len(d)} layers")
+            continue
         if np.isfinite(logr).any():
             i = int(np.nanargmax(np.where(np.isfinite(logr), logr, -1)))
             worst = f"{logr[i]:.3f} (layer {int(d['layer'].iloc[i])})"

@@ -7,17 +7,25 @@ With σ_w,l² = n_{l-1}·Var(W^l) from `Spec.weight_variances` (the sampler's ow
     a^l       = V_φ(q^l),  l < L                                activation
     g^L       = 1,  g^l = D_φ(q^l) · n_{l+1} Var(W^{l+1}) · g^{l+1}   backward
     w^l       = g^l · E[(x^{l-1})²],  E[(x^0)²] = q_0,  E[(x^l)²] = V_φ(q^l)   weight_grad
+    q_12^1    = σ_w,1² q_0 c_0 + σ_b²,   q_12^{l+1} = σ_w,l+1² C_φ(q^l, c^l) + σ_b²
+    c^l       = q_12^l / q^l                                      correlation
 
-The backward line is the gradient-independence approximation; it is exact for relu-family and
-linear networks' expectations. Conv stacks (arch=conv) follow the position-resolved recursions
-of `harness.conv_theory`.
+with c_0 = input_corr and C_φ(q, c) = E[φ(u_1)φ(u_2)], (u_1, u_2) ~ N(0, q[[1, c], [c, 1]])
+(the correlation map of Poole et al. 2016; closed-form arc-cosine kernel for the relu family,
+2-D quadrature otherwise). The backward line is the gradient-independence approximation; it is
+exact for relu-family and linear networks' expectations. The measured correlation is a mean of
+cosines, whose expectation differs from c^l by O(1/n). Conv stacks (arch=conv) follow the
+position-resolved recursions of `harness.conv_theory`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import conv_theory
+from .activations import Activation
 from .init import fans
 from .spec import Spec
 
@@ -28,14 +36,40 @@ def sigma_w2(spec: Spec) -> np.ndarray:
     return fan_in * np.array(spec.weight_variances())
 
 
-def predict(spec: Spec) -> dict[str, np.ndarray]:
-    """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64."""
+def correlation_map(
+    act: Activation, s2: np.ndarray, q: np.ndarray, b2: float, q0: float, c0: float
+) -> np.ndarray:
+    """c^l, l = 1..L, from c^0 = c0: q_12^1 = σ_w,1² q_0 c_0 + σ_b², q_12^{l+1} = σ_w,l+1²
+    C_φ(q^l, c^l) + σ_b², c^l = q_12^l / q^l (q^l the forward prediction). nan once q^l is not
+    a finite positive number."""
+    L = len(q)
+    c = np.full(L, np.nan)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        q12 = s2[0] * q0 * c0 + b2
+        for l in range(L):
+            if not (np.isfinite(q[l]) and q[l] > 0 and np.isfinite(q12)):
+                break
+            c[l] = min(1.0, max(-1.0, q12 / q[l]))
+            if l + 1 < L:
+                q12 = s2[l + 1] * act.C(float(q[l]), float(c[l])) + b2
+    return c
+
+
+def predict(
+    spec: Spec, weight_variances: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
+    """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64.
+
+    `weight_variances` replaces the scheme's Var(W^l) (lsuv: the realized, data-dependent ones).
+    """
     if spec.is_conv:
         return conv_theory.predict(spec)
     act = spec.activation
     L = spec.depth
-    var_w = np.array(spec.weight_variances())
-    s2 = sigma_w2(spec)
+    var_w = np.array(spec.weight_variances() if weight_variances is None else weight_variances,
+                     dtype=np.float64)
+    fan_in = np.array([s[1] for s in spec.weight_shapes], dtype=np.float64)
+    s2 = fan_in * var_w
     b2 = spec.bias_std**2
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         q = np.empty(L)
@@ -56,4 +90,5 @@ def predict(spec: Spec) -> dict[str, np.ndarray]:
             "activation": x2[1:].copy(),
             "backward": g,
             "weight_grad": g * x2,
+            "correlation": correlation_map(act, s2, q, b2, spec.input_var, spec.input_corr),
         }

@@ -27,7 +27,8 @@ def test_cli_run_writes_every_output(run_cli, tmp_path):
     df = pd.read_parquet(out / "metrics.parquet")
     assert set(CONFIG_COLUMNS + ["layer", "replicate", "quantity", "value", "theory"]) <= set(df)
     # one row per (replicate, layer, quantity); activation has no row at the readout layer
-    assert len(df) == 3 * (5 + 4 + 5 + 5)
+    # (forward, activation, backward, weight_grad, correlation)
+    assert len(df) == 3 * (5 + 4 + 5 + 5 + 5)
     assert not df.duplicated(["replicate", "layer", "quantity"]).any()
     assert df["layer"].min() == 1 and df["layer"].max() == 5
     meta = json.loads((out / "metadata.json").read_text())
@@ -158,7 +159,7 @@ def test_mlp_and_conv_results_concatenate(tmp_path):
                 echo=False)
     mlp = pd.read_parquet(tmp_path / "mlp" / "metrics.parquet")
     assert mlp[["kernel", "image", "padding_mode", "conv_dim"]].isna().all().all()
-    assert set(mlp["quantity"]) == {"forward", "activation", "backward", "weight_grad"}
+    assert set(mlp["quantity"]) == {"forward", "activation", "backward", "weight_grad", "correlation"}
     df = load(tmp_path)
     assert set(df["arch"]) == {"mlp", "conv"}
     assert str(df["kernel"].dtype) == "Int64" and str(df["padding_mode"].dtype).startswith("str")

@@ -14,7 +14,7 @@ from harness.results import METRICS, write_parquet
 from harness.run import execute
 
 SMALL = ["width=8", "batch=4", "replicates=2", "plot=false", "progress=false"]
-ROWS = {2: 2 * (2 + 1 + 2 + 2), 3: 2 * (3 + 2 + 3 + 3)}  # replicates × (layers per quantity)
+ROWS = {2: 2 * (2 + 1 + 2 + 2 + 2), 3: 2 * (3 + 2 + 3 + 3 + 3)}  # replicates × (layers per quantity)
 
 
 @pytest.fixture(scope="module")
