@@ -97,9 +97,10 @@ def calibrate_spec(
     spec: Spec,
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor] | None,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> Calibration:
-    """`calibrate` a chunk of the run's networks on a fresh batch of `spec.batch` inputs."""
+    """`calibrate` a chunk of the run's networks on a fresh batch of `spec.batch` inputs
+    (drawn from `generator`: one stream, or each replicate's own)."""
     from .runner import draw_inputs
 
     params = dict(spec.scheme_params)

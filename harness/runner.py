@@ -23,6 +23,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +103,11 @@ def propagate(
     if x0.shape[1] >= 2:
         stat["correlation"] = x0.new_empty(R, L)
     x_sq: list[torch.Tensor] = []  # mean_j (x^{l-1}_bj)², (R, B)
-    dphi: list[torch.Tensor] = []  # φ'(h^l), (R, B, n_l), l < L
+    dphi: list[torch.Tensor | None] = []  # φ'(h^l), (R, B, n_l), l < L
     x = x0
+    xs = _mean_sq_rows(x0)
     for l, W in enumerate(weights):
-        x_sq.append(x.square().mean(-1))
+        x_sq.append(xs)
         if biases is not None:
             h = torch.baddbmm(biases[l].unsqueeze(1), x, W.transpose(1, 2))  # (R, B, n_l)
         else:
@@ -117,20 +119,27 @@ def propagate(
         if l < L - 1:
             dphi.append(act.dphi(h))
             x = act.phi(h)
-            stat["activation"][:, l] = x.square().mean((1, 2))
+            del h
+            xs = _mean_sq_rows(x)  # the next layer's input moment is this layer's activation's
+            stat["activation"][:, l] = xs.mean(-1)
         if tick is not None:
             tick()
     delta = cotangent  # δ^L = r: the readout is linear
     for l in range(L - 1, -1, -1):
         if l < L - 1:
-            delta = torch.bmm(delta, weights[l + 1]) * dphi[l]  # (R, B, n_l)
-            dphi[l] = delta  # drop φ'(h^l): its memory now holds δ^l
-        d_sq = delta.square()
-        stat["backward"][:, l] = d_sq.mean((1, 2))
-        stat["weight_grad"][:, l] = (d_sq.mean(-1) * x_sq[l]).mean(-1)
+            delta = torch.bmm(delta, weights[l + 1]).mul_(dphi[l])  # (R, B, n_l)
+            dphi[l] = None  # free φ'(h^l) as the backward pass goes
+        d_sq = _mean_sq_rows(delta)  # mean_i δ_bi², (R, B)
+        stat["backward"][:, l] = d_sq.mean(-1)
+        stat["weight_grad"][:, l] = (d_sq * x_sq[l]).mean(-1)
         if tick is not None:
             tick()
     return stat
+
+
+def _mean_sq_rows(t: torch.Tensor) -> torch.Tensor:
+    """mean over the last dim of t², in one pass without a t-sized temporary: (R, B)."""
+    return torch.linalg.vector_norm(t, dim=-1).square_().div_(t.shape[-1])
 
 
 def bytes_per_replicate(spec: Spec) -> int:
@@ -160,38 +169,89 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+#: a single generator (one stream for the whole chunk) or one generator per replicate
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of replicate r's own random stream: a SeedSequence hash of (seed, r), so that
+    replicate r draws the same network whatever the chunking, thread count or replicate count."""
+    state = np.random.SeedSequence([seed, replicate]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def replicate_generators(spec: Spec, start: int, r: int) -> list[torch.Generator]:
+    """One generator per replicate start..start+r-1, on the run's device."""
+    return [torch.Generator(device=spec.device).manual_seed(replicate_seed(spec.seed, start + i))
+            for i in range(r)]
+
+
+def _streams(r: int, generator: Generators) -> list[tuple[slice, torch.Generator]]:
+    if isinstance(generator, torch.Generator):
+        return [(slice(0, r), generator)]
+    if len(generator) != r:
+        raise ValueError(f"need one generator per replicate: {r}, got {len(generator)}")
+    return [(slice(i, i + 1), g) for i, g in enumerate(generator)]
+
+
+def _fill(
+    streams: list[tuple[slice, torch.Generator]], fill: Callable[[slice, torch.Generator], object]
+) -> None:
+    """Call fill(slice, generator) for every stream, on up to torch.get_num_threads() threads
+    (torch's random-number kernels are single-threaded and release the GIL, so independent
+    streams fill in parallel; each stream's draws stay in order, so the numbers do not depend
+    on the thread count)."""
+    workers = min(len(streams), torch.get_num_threads())
+    if workers <= 1:
+        for sl, g in streams:
+            fill(sl, g)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(fill, sl, g) for sl, g in streams]:
+            f.result()
+
+
 def sample_chunk(
-    spec: Spec, r: int, generator: torch.Generator
+    spec: Spec, r: int, generator: Generators
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor, torch.Tensor]:
-    """Draw r members' weights (and biases), their inputs x^0 and cotangents r."""
+    """Draw r members' weights (and biases), their inputs x^0 and cotangents r.
+
+    Each stream (the one generator, or each replicate's own) draws, in order: every layer's
+    weights, every layer's biases (if bias_std > 0), the inputs, the cotangents."""
     kw = dict(dtype=spec.torch_dtype, device=spec.device)
-    weights = [
-        init_(torch.empty((r, *shape), **kw), spec.scheme, generator=generator,
-              **spec.init_kwargs())
-        for shape in spec.weight_shapes
-    ]
-    biases = None
-    if spec.bias_std > 0:
-        biases = [
-            torch.empty((r, n), **kw).normal_(0.0, spec.bias_std, generator=generator)
-            for n in spec.widths[1:]
-        ]
-    x0 = draw_inputs(spec, r, generator)
+    weights = [torch.empty((r, *shape), **kw) for shape in spec.weight_shapes]
+    biases = [torch.empty((r, n), **kw) for n in spec.widths[1:]] if spec.bias_std > 0 else None
+    x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), **kw)
     cot = torch.empty((r, spec.batch, spec.widths[-1], *spec.spatial), **kw)
-    cot.normal_(generator=generator)
+    init_kwargs = spec.init_kwargs()
+
+    def fill(sl: slice, g: torch.Generator) -> None:
+        for W in weights:
+            init_(W[sl], spec.scheme, generator=g, **init_kwargs)
+        for b in biases or ():
+            b[sl].normal_(0.0, spec.bias_std, generator=g)
+        _inputs_(x0[sl], spec, g)
+        cot[sl].normal_(generator=g)
+
+    _fill(_streams(r, generator), fill)
     return weights, biases, x0, cot
 
 
-def draw_inputs(spec: Spec, r: int, generator: torch.Generator) -> torch.Tensor:
-    """Inputs (r, batch, n_0, *spatial): x_b = √q_0 (√c z + √(1−c) z_b), z and z_b iid
-    N(0, I), so E[x²] = q_0 = input_var and every pair of inputs has correlation c = input_corr."""
-    kw = dict(dtype=spec.torch_dtype, device=spec.device)
-    x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), **kw)
+def _inputs_(x0: torch.Tensor, spec: Spec, generator: torch.Generator) -> None:
+    """Fill x0 (r, batch, n_0, *spatial) in place: x_b = √q_0 (√c z + √(1−c) z_b)."""
     x0.normal_(0.0, math.sqrt(spec.input_var), generator=generator)
     if spec.input_corr > 0:
-        shared = torch.empty((r, 1, spec.widths[0], *spec.spatial), **kw)
+        shared = torch.empty((x0.shape[0], 1, *x0.shape[2:]), dtype=x0.dtype, device=x0.device)
         shared.normal_(0.0, math.sqrt(spec.input_var), generator=generator)
-        x0 = math.sqrt(1.0 - spec.input_corr) * x0 + math.sqrt(spec.input_corr) * shared
+        x0.mul_(math.sqrt(1.0 - spec.input_corr)).add_(shared, alpha=math.sqrt(spec.input_corr))
+
+
+def draw_inputs(spec: Spec, r: int, generator: Generators) -> torch.Tensor:
+    """Inputs (r, batch, n_0, *spatial): x_b = √q_0 (√c z + √(1−c) z_b), z and z_b iid
+    N(0, I), so E[x²] = q_0 = input_var and every pair of inputs has correlation c = input_corr."""
+    x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), dtype=spec.torch_dtype,
+                     device=spec.device)
+    _fill(_streams(r, generator), lambda sl, g: _inputs_(x0[sl], spec, g))
     return x0
 
 
@@ -199,7 +259,6 @@ def draw_inputs(spec: Spec, r: int, generator: torch.Generator) -> torch.Tensor:
 def measure(spec: Spec, progress: bool = True) -> Measurement:
     """Run the whole ensemble of spec.replicates networks in chunks; statistics per replicate."""
     start = time.perf_counter()
-    generator = torch.Generator(device=spec.device).manual_seed(spec.seed)
     size = chunk_size(spec)
     n_chunks = math.ceil(spec.replicates / size)
     parts: list[dict[str, torch.Tensor]] = []
@@ -213,6 +272,7 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
     calibrations = []
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
+        generator = replicate_generators(spec, c * size, r)
         weights, biases, x0, cot = sample_chunk(spec, r, generator)
         if spec.scheme == "lsuv":  # rescale the weights on a fresh calibration batch
             from . import lsuv

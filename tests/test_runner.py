@@ -113,3 +113,25 @@ def test_overflow_is_kept_not_raised():
                            "act=linear"), progress=False)
     fwd = m.values["forward"]
     assert np.isfinite(fwd[:, 0]).all() and not np.isfinite(fwd[:, -1]).any()
+
+
+def test_replicate_r_is_the_same_network_whatever_the_chunking_threads_or_count():
+    """Each replicate draws from its own stream (seed, r): chunk size (memory budget), torch's
+    thread count and the number of replicates do not change any replicate's numbers."""
+    base = ("depth=5", "width=24", "batch=6", "bias_std=0.1", "dtype=float64", "act=tanh")
+    whole = measure(small_spec(*base, "replicates=5"), progress=False)
+    assert whole.chunk_size == 5
+    chunked = measure(small_spec(*base, "replicates=5", "memory_budget_mb=0.01"), progress=False)
+    assert chunked.chunk_size < 5
+    fewer = measure(small_spec(*base, "replicates=3"), progress=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = measure(small_spec(*base, "replicates=5"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in whole.values.items():
+        np.testing.assert_allclose(chunked.values[k], v, rtol=1e-12, err_msg=k)
+        np.testing.assert_allclose(serial.values[k], v, rtol=1e-12, err_msg=k)
+        np.testing.assert_allclose(fewer.values[k], v[:3], rtol=1e-12, err_msg=k)
+    assert len({tuple(r) for r in whole.values["forward"]}) == 5  # and they are distinct networks
