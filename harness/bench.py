@@ -42,16 +42,19 @@ from .init import scheme as scheme_entry
 from .runner import measure
 from .spec import ConfigError, Spec
 
-#: (depth, width, batch, replicates) of the default MLP grid
+#: (arch, depth, width, batch, replicates) of the default grid; conv: 3×3, 16×16 images
 DEFAULT_GRID = [
-    (50, 64, 64, 64),
-    (20, 64, 128, 64),
-    (20, 256, 128, 16),
-    (50, 256, 256, 8),
-    (100, 256, 256, 8),
-    (20, 1024, 256, 8),
+    ("mlp", 50, 64, 64, 64),
+    ("mlp", 20, 64, 128, 64),
+    ("mlp", 20, 256, 128, 16),
+    ("mlp", 50, 256, 256, 8),
+    ("mlp", 100, 256, 256, 8),
+    ("mlp", 20, 1024, 256, 8),
+    ("conv", 20, 16, 32, 16),
+    ("conv", 20, 64, 32, 8),
 ]
-QUICK_GRID = [(10, 32, 16, 8), (5, 128, 32, 4)]
+QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2)]
+CONV_KEYS = ["kernel=3", "image=16"]
 
 
 # ---- the naive baseline -----------------------------------------------------------------------
@@ -91,15 +94,21 @@ class _Phi(nn.Module):
 
 
 def naive_networks(spec: Spec, generator: torch.Generator) -> list[nn.Sequential]:
-    """One nn.Sequential of nn.Linear (+ activation) per replicate, initialized by torch.nn.init."""
+    """One nn.Sequential of nn.Linear or nn.Conv{1,2}d (+ activation) per replicate, initialized
+    by torch.nn.init."""
     init = _torch_init(spec)
     act = spec.activation
     nets = []
     for _ in range(spec.replicates):
         layers: list[nn.Module] = []
-        for l, (n_out, n_in) in enumerate(spec.weight_shapes):
-            lin = nn.Linear(n_in, n_out, bias=spec.bias_std > 0, device=spec.device,
-                            dtype=spec.torch_dtype)
+        for l, (n_out, n_in, *k) in enumerate(spec.weight_shapes):
+            if spec.is_conv:
+                conv = nn.Conv1d if spec.conv_dim == 1 else nn.Conv2d
+                lin = conv(n_in, n_out, k[0], padding=(k[0] - 1) // 2, padding_mode=spec.padding_mode,
+                           bias=spec.bias_std > 0, device=spec.device, dtype=spec.torch_dtype)
+            else:
+                lin = nn.Linear(n_in, n_out, bias=spec.bias_std > 0, device=spec.device,
+                                dtype=spec.torch_dtype)
             with torch.no_grad():
                 init(lin.weight, generator)
                 if lin.bias is not None:
@@ -121,24 +130,29 @@ def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tens
     def fwd_hook(l: int):
         def fwd(module, inputs, h):
             rec["forward"][l] = h.detach().square().mean().item()
-            x_sq[l] = inputs[0].detach().square().mean(-1)
+            if not spec.is_conv:
+                x_sq[l] = inputs[0].detach().square().mean(-1)
             if l < L - 1:
                 rec["activation"][l] = spec.activation.phi(h.detach()).square().mean().item()
 
             def bwd(grad):
                 rec["backward"][l] = grad.square().mean().item()
-                d_sq[l] = grad.square().mean(-1)
+                if not spec.is_conv:
+                    d_sq[l] = grad.square().mean(-1)
 
             h.register_hook(bwd)
 
         return fwd
 
-    linears = [m for m in net if isinstance(m, nn.Linear)]
+    linears = [m for m in net if not isinstance(m, _Phi)]
     handles = [lin.register_forward_hook(fwd_hook(l)) for l, lin in enumerate(linears)]
     (net(x0) * cot).sum().backward()
     for h in handles:
         h.remove()
-    rec["weight_grad"] = [(d_sq[l] * x_sq[l]).mean().item() for l in range(L)]
+    # conv: the per-example weight gradient sums over positions; a plain script would need one
+    # backward pass per example, so the naive loop leaves it out (which favours the naive loop)
+    rec["weight_grad"] = ([math.nan] * L if spec.is_conv else
+                          [(d_sq[l] * x_sq[l]).mean().item() for l in range(L)])
     rec["activation"] = rec["activation"][: L - 1]
     return rec
 
@@ -156,8 +170,8 @@ def naive_measure(
     kw = dict(generator=generator, device=spec.device, dtype=spec.torch_dtype)
     rows = []
     for net in nets:
-        x0 = torch.randn(spec.batch, spec.widths[0], **kw) * math.sqrt(spec.input_var)
-        cot = torch.randn(spec.batch, spec.widths[-1], **kw)
+        x0 = torch.randn(spec.batch, spec.widths[0], *spec.spatial, **kw) * math.sqrt(spec.input_var)
+        cot = torch.randn(spec.batch, spec.widths[-1], *spec.spatial, **kw)
         rows.append(_naive_one(net, spec, x0, cot))
     return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
 
@@ -196,14 +210,18 @@ def rng_rate(device: str, dtype: torch.dtype, n: int = 1 << 24) -> float:
 
 
 def workload(spec: Spec) -> tuple[float, float]:
-    """(FLOPs, random numbers) the harness must spend on `spec` (see the module docstring)."""
+    """(FLOPs, random numbers) the harness must spend on `spec` (see the module docstring).
+
+    A conv layer's matmul is 2·B·C_in·∏k·C_out·P (P positions); the conv runner also forms the
+    per-example weight gradient, one more such product per layer."""
     R, B = spec.replicates, spec.batch
+    P = math.prod(spec.spatial) if spec.is_conv else 1
     flops = rand = 0.0
-    for l, (n_out, n_in) in enumerate(spec.weight_shapes):
-        mm = 2.0 * B * n_in * n_out
-        flops += R * (mm + (mm if l > 0 else 0.0))
-        rand += R * (n_in * n_out + (n_out if spec.bias_std > 0 else 0))
-    rand += R * B * (spec.widths[0] + spec.widths[-1])
+    for l, shape in enumerate(spec.weight_shapes):
+        mm = 2.0 * B * P * math.prod(shape)
+        flops += R * (mm + (mm if l > 0 else 0.0) + (mm if spec.is_conv else 0.0))
+        rand += R * (math.prod(shape) + (shape[0] if spec.bias_std > 0 else 0))
+    rand += R * B * P * (spec.widths[0] + spec.widths[-1])
     return flops, rand
 
 
@@ -314,10 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         specs = [
             Spec.from_config(compose_config([
-                f"depth={d}", f"width={w}", f"batch={b}", f"replicates={r}",
+                f"arch={a}", f"depth={d}", f"width={w}", f"batch={b}", f"replicates={r}",
+                *(CONV_KEYS if a == "conv" else []),
                 f"device={args.device}", f"dtype={args.dtype}", "act=relu", "scheme=kaiming",
             ]))
-            for d, w, b, r in grid
+            for a, d, w, b, r in grid
         ]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.bench import naive_measure, naive_networks, workload
+from harness import conv
+from harness.bench import QUICK_GRID, naive_measure, naive_networks, workload
 from harness.runner import propagate
 from tests.conftest import small_spec
 
@@ -54,19 +55,45 @@ def test_naive_weights_have_the_harness_variance(overrides):
         assert abs(m2 - var) <= 5 * se, (l, m2, var)
 
 
+def test_naive_conv_loop_equals_batched_conv_on_its_own_weights():
+    spec = small_spec("arch=conv", "depth=3", "widths=[2,4,3,2]", "image=5", "batch=3",
+                      "replicates=2", "dtype=float64", "act=tanh", "padding_mode=circular")
+    nets = naive_networks(spec, torch.Generator().manual_seed(0))
+    naive = naive_measure(spec, torch.Generator().manual_seed(1), nets=nets)
+    convs = [[m for m in net if isinstance(m, nn.Conv2d)] for net in nets]
+    weights = [torch.stack([convs[r][l].weight.detach() for r in range(2)]) for l in range(3)]
+    g = torch.Generator().manual_seed(1)
+    xs, cots = [], []
+    for _ in range(2):
+        xs.append(torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64))
+        cots.append(torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64))
+    got = conv.propagate(weights, None, torch.stack(xs), torch.stack(cots), spec.activation,
+                         padding_mode="circular")
+    for k in ("forward", "activation", "backward"):
+        np.testing.assert_allclose(got[k].numpy(), naive[k], rtol=1e-10, err_msg=k)
+    assert np.isnan(naive["weight_grad"]).all()  # left out of the naive conv loop (documented)
+
+
 def test_workload_counts_forward_and_backward_matmuls():
     spec = small_spec("depth=3", "widths=[4,8,2,5]", "batch=7", "replicates=2")
     flops, rand = workload(spec)
     mm = [2 * 7 * 4 * 8, 2 * 7 * 8 * 2, 2 * 7 * 2 * 5]
     assert flops == 2 * (mm[0] + 2 * mm[1] + 2 * mm[2])
     assert rand == 2 * (32 + 16 + 10) + 2 * 7 * (4 + 5)
+    # conv: forward, adjoint (l > 1) and the per-example weight gradient, P = 6 positions
+    cs = small_spec("arch=conv", "depth=2", "widths=[2,3,4]", "image=6", "conv_dim=1", "batch=5",
+                    "replicates=1")
+    cf, cr = workload(cs)
+    mm = [2 * 5 * 6 * 3 * 2 * 3, 2 * 5 * 6 * 4 * 3 * 3]
+    assert cf == 2 * mm[0] + 3 * mm[1] and cr == (18 + 36) + 5 * 6 * (2 + 4)
 
 
 def test_bench_quick_end_to_end(run_cli, tmp_path):
     res = run_cli("--quick", "--repeat", "1", "--out", str(tmp_path / "b"), module="harness.bench")
     assert res.returncode == 0, res.stderr
     df = pd.read_parquet(tmp_path / "b" / "bench.parquet")
-    assert len(df) == 2 and (df["speedup"] > 0).all() and (df["roofline_frac"] > 0).all()
+    assert len(df) == len(QUICK_GRID) and set(df["arch"]) == {"mlp", "conv"}
+    assert (df["speedup"] > 0).all() and (df["roofline_frac"] > 0).all()
     assert (tmp_path / "b" / "bench.png").is_file()
     assert "speedup" in res.stdout
 
