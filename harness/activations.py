@@ -59,6 +59,11 @@ class ActivationKind:
     gain_name: str | None = None
     defaults: Mapping[str, float] = field(default_factory=dict)
     doc: str = ""
+    #: φ in place (overwrites its argument), where torch has it; saves the runner an allocation
+    phi_: Fn | None = None
+    #: φ' in the form the backward pass multiplies by, when cheaper than dphi: relu's bool mask
+    #: (1 byte per unit); a return of None means φ' ≡ 1 (linear)
+    dphi_factor: Callable[..., torch.Tensor | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,18 @@ class Activation:
     def dphi(self, x: torch.Tensor) -> torch.Tensor:
         """φ'(x), elementwise (the derivative autograd would use)."""
         return self.kind.dphi(x, **self.params)
+
+    def phi_(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x), in place where torch has an in-place form (x is then overwritten)."""
+        if self.kind.phi_ is not None:
+            return self.kind.phi_(x, **self.params)
+        return self.phi(x)
+
+    def dphi_factor(self, x: torch.Tensor) -> torch.Tensor | None:
+        """φ'(x) as a multiplier: t with t·δ = φ'(x)·δ (relu: a bool mask), or None if φ' ≡ 1."""
+        if self.kind.dphi_factor is not None:
+            return self.kind.dphi_factor(x, **self.params)
+        return self.dphi(x)
 
     def V(self, q: float | np.ndarray) -> np.ndarray:
         """V_φ(q) = E_{z~N(0,q)}[φ(z)²]."""
@@ -181,6 +198,8 @@ REGISTRY: dict[str, ActivationKind] = {
             D_closed=lambda q: 1.0,
             C_closed=lambda q, c: q * c,
             gain_name="linear",
+            phi_=lambda x: x,
+            dphi_factor=lambda x: None,
             doc="φ(x) = x; V = q, D = 1",
         ),
         ActivationKind(
@@ -192,6 +211,8 @@ REGISTRY: dict[str, ActivationKind] = {
             D_closed=lambda q: 0.5,
             C_closed=_relu_C,
             gain_name="relu",
+            phi_=torch.relu_,
+            dphi_factor=lambda x: x > 0,
             doc="φ(x) = max(0, x); V = q/2, D = 1/2",
         ),
         ActivationKind(
@@ -205,6 +226,7 @@ REGISTRY: dict[str, ActivationKind] = {
             D_closed=lambda q, negative_slope: (1 + negative_slope**2) / 2,
             C_closed=_leaky_relu_C,
             gain_name="leaky_relu",
+            phi_=lambda x, negative_slope: F.leaky_relu_(x, negative_slope),
             defaults={"negative_slope": 0.01},
             doc="φ(x) = max(x, a·x); V = q(1+a²)/2, D = (1+a²)/2",
         ),
@@ -214,6 +236,7 @@ REGISTRY: dict[str, ActivationKind] = {
             dphi=lambda x: 1 - torch.tanh(x) ** 2,
             ddphi=lambda x: -2 * torch.tanh(x) * (1 - torch.tanh(x) ** 2),
             gain_name="tanh",
+            phi_=torch.tanh_,
             doc="φ(x) = tanh x",
         ),
         ActivationKind(
@@ -222,6 +245,7 @@ REGISTRY: dict[str, ActivationKind] = {
             dphi=_sigmoid_dphi,
             ddphi=_sigmoid_ddphi,
             gain_name="sigmoid",
+            phi_=torch.sigmoid_,
             doc="φ(x) = 1/(1+e^-x)",
         ),
         ActivationKind(
@@ -234,6 +258,7 @@ REGISTRY: dict[str, ActivationKind] = {
                 x > 0, torch.zeros_like(x), SELU_SCALE * SELU_ALPHA * torch.exp(x)
             ),
             gain_name="selu",
+            phi_=lambda x: F.selu(x, inplace=True),
             doc="φ(x) = λ x (x>0), λ α (e^x − 1) (x≤0)",
         ),
         ActivationKind(
@@ -243,6 +268,7 @@ REGISTRY: dict[str, ActivationKind] = {
             ddphi=lambda x, alpha: torch.where(x > 0, torch.zeros_like(x), alpha * torch.exp(x)),
             defaults={"alpha": 1.0},
             doc="φ(x) = x (x>0), α (e^x − 1) (x≤0)",
+            phi_=lambda x, alpha: F.elu_(x, alpha),
         ),
         ActivationKind(
             "gelu",
@@ -257,6 +283,7 @@ REGISTRY: dict[str, ActivationKind] = {
             dphi=_silu_dphi,
             ddphi=_silu_ddphi,
             doc="φ(x) = x σ(x)",
+            phi_=lambda x: F.silu(x, inplace=True),
         ),
         ActivationKind(
             "softplus",

@@ -484,19 +484,44 @@ def init_(
         return torch.nn.init.trunc_normal_(
             weight, own["mean"], own["std"], own["a"], own["b"], generator
         )
+    form = iid_form(entry.name, tuple(weight.shape[1:]), mode=mode, nonlinearity=nonlinearity,
+                    a=a, gain=gain, **params)
+    if form is not None:
+        return draw_(weight, *form, generator=generator)
     own = _own_params(entry, params)
     own = {k: v for k, v in own.items() if k not in ("gain", "nonlinearity", "a")}
     g = resolve_gain(entry.name, nonlinearity=nonlinearity, a=a, gain=gain, **own)
-    member = tuple(weight.shape[1:])
     if entry.distribution == "orthogonal":
         if weight[0].numel() == 0:
             return weight
         _orthogonal_(weight, g, generator)
         return weight
-    if entry.distribution == "delta_orthogonal":
-        _delta_orthogonal_(weight, g, generator)
-        return weight
-    std = math.sqrt(weight_variance(entry.name, member, mode=mode, gain=g, **own))
+    _delta_orthogonal_(weight, g, generator)
+    return weight
+
+
+def iid_form(
+    scheme_name: str,
+    shape: tuple[int, ...],
+    *,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    a: float | None = None,
+    gain: float | None = None,
+    **params: Any,
+) -> tuple[str, float] | None:
+    """(kind, scale) such that one member's weight of `shape` is scale·Z with Z iid of `kind`:
+    "normal" N(0, 1), "uniform" U(−1, 1), "truncated_normal" N(0, 1) cut at ±2 — for the
+    schemes that draw iid entries with a std σ = √weight_variance (scale σ, √3σ and σ/0.8796…
+    respectively). None for orthogonal, delta_orthogonal, lsuv and torch-semantics
+    trunc_normal, which draw otherwise (`init_`)."""
+    entry = scheme(scheme_name)
+    if entry.family == "trunc_normal" or entry.distribution in ("orthogonal", "delta_orthogonal"):
+        return None
+    own = _own_params(entry, params)
+    own = {k: v for k, v in own.items() if k not in ("gain", "nonlinearity", "a")}
+    g = resolve_gain(entry.name, nonlinearity=nonlinearity, a=a, gain=gain, **own)
+    std = math.sqrt(weight_variance(entry.name, shape, mode=mode, gain=g, **own))
     dist = entry.distribution
     if entry.family == "variance_scaling":
         dist = (entry.preset or own)["distribution"]
@@ -504,10 +529,19 @@ def init_(
             raise ValueError(f"unknown distribution {dist!r}; allowed: {', '.join(DISTRIBUTIONS)}")
         dist = {"untruncated_normal": "normal"}.get(dist, dist)
     if dist == "uniform":
-        bound = math.sqrt(3.0) * std
-        return weight.uniform_(-bound, bound, generator=generator)
+        return "uniform", math.sqrt(3.0) * std
     if dist == "normal":
-        return weight.normal_(0.0, std, generator=generator)
-    # truncated normal at ±2σ, σ corrected so that the realized std is `std`
-    sigma = std / TRUNC_STD
-    return torch.nn.init.trunc_normal_(weight, 0.0, sigma, -2 * sigma, 2 * sigma, generator)
+        return "normal", std
+    return "truncated_normal", std / TRUNC_STD  # realized std: std
+
+
+def draw_(
+    t: torch.Tensor, kind: str, scale: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Fill t in place with scale·Z, Z iid "normal" N(0, 1), "uniform" U(−1, 1) or
+    "truncated_normal" N(0, 1) cut at ±2 (torch's trunc_normal_)."""
+    if kind == "uniform":
+        return t.uniform_(-scale, scale, generator=generator)
+    if kind == "normal":
+        return t.normal_(0.0, scale, generator=generator)
+    return torch.nn.init.trunc_normal_(t, 0.0, scale, -2 * scale, 2 * scale, generator)

@@ -32,7 +32,7 @@ import torch
 
 from . import conv
 from .activations import Activation
-from .init import init_
+from .init import draw_, iid_form, init_
 from .spec import Spec
 
 Tick = Callable[[], object]
@@ -103,23 +103,31 @@ def propagate(
     if x0.shape[1] >= 2:
         stat["correlation"] = x0.new_empty(R, L)
     x_sq: list[torch.Tensor] = []  # mean_j (x^{l-1}_bj)², (R, B)
-    dphi: list[torch.Tensor | None] = []  # φ'(h^l), (R, B, n_l), l < L
+    dphi: list[torch.Tensor | None] = []  # φ'(h^l) as a multiplier (relu: bool mask), l < L
+    # two ping-pong buffers hold h^l (x^l in place where φ has an in-place form), then δ^l:
+    # no allocation (and no page faults) per layer
+    B, n_max = x0.shape[1], max(W.shape[1] for W in weights)
+    buf = [x0.new_empty(R * B * n_max), x0.new_empty(R * B * n_max)]
+
+    def slot(i: int, n: int) -> torch.Tensor:
+        return buf[i % 2][: R * B * n].view(R, B, n)
+
     x = x0
     xs = _mean_sq_rows(x0)
     for l, W in enumerate(weights):
         x_sq.append(xs)
+        h = slot(l, W.shape[1])  # (R, B, n_l)
         if biases is not None:
-            h = torch.baddbmm(biases[l].unsqueeze(1), x, W.transpose(1, 2))  # (R, B, n_l)
+            torch.baddbmm(biases[l].unsqueeze(1), x, W.transpose(1, 2), out=h)
         else:
-            h = torch.bmm(x, W.transpose(1, 2))  # (R, B, n_l)
+            torch.bmm(x, W.transpose(1, 2), out=h)
         sq_norm = torch.linalg.vector_norm(h, dim=-1).square()  # ‖h_b‖², (R, B)
         stat["forward"][:, l] = sq_norm.mean(-1) / h.shape[-1]
         if "correlation" in stat:
             stat["correlation"][:, l] = mean_cosine(h, sq_norm)
         if l < L - 1:
-            dphi.append(act.dphi(h))
-            x = act.phi(h)
-            del h
+            dphi.append(act.dphi_factor(h))
+            x = act.phi_(h)
             xs = _mean_sq_rows(x)  # the next layer's input moment is this layer's activation's
             stat["activation"][:, l] = xs.mean(-1)
         if tick is not None:
@@ -127,7 +135,13 @@ def propagate(
     delta = cotangent  # δ^L = r: the readout is linear
     for l in range(L - 1, -1, -1):
         if l < L - 1:
-            delta = torch.bmm(delta, weights[l + 1]).mul_(dphi[l])  # (R, B, n_l)
+            out = slot(l, weights[l + 1].shape[2])
+            delta = torch.bmm(delta, weights[l + 1], out=out)  # (R, B, n_l)
+            d = dphi[l]
+            if d is not None and d.dtype == torch.bool:  # relu: zero where h ≤ 0, no float copy
+                delta.masked_fill_(d.logical_not_(), 0.0)
+            elif d is not None:
+                delta.mul_(d)
             dphi[l] = None  # free φ'(h^l) as the backward pass goes
         d_sq = _mean_sq_rows(delta)  # mean_i δ_bi², (R, B)
         stat["backward"][:, l] = d_sq.mean(-1)
@@ -219,21 +233,38 @@ def sample_chunk(
     Each stream (the one generator, or each replicate's own) draws, in order: every layer's
     weights, every layer's biases (if bias_std > 0), the inputs, the cotangents."""
     kw = dict(dtype=spec.torch_dtype, device=spec.device)
-    weights = [torch.empty((r, *shape), **kw) for shape in spec.weight_shapes]
+    init_kwargs = spec.init_kwargs()
+    forms = [iid_form(spec.scheme, shape, **init_kwargs) for shape in spec.weight_shapes]
+    flat = None
+    if all(f is not None for f in forms) and len({f[0] for f in forms}) == 1:
+        # iid entries: every layer of a member from ONE draw of standard variates (one call per
+        # stream instead of one per layer), each layer's view then scaled by its own scale
+        sizes = [math.prod(shape) for shape in spec.weight_shapes]
+        flat = torch.empty((r, sum(sizes)), **kw)
+        offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+        weights = [flat[:, o : o + n].view(r, *shape)
+                   for o, n, shape in zip(offsets, sizes, spec.weight_shapes, strict=True)]
+    else:
+        weights = [torch.empty((r, *shape), **kw) for shape in spec.weight_shapes]
     biases = [torch.empty((r, n), **kw) for n in spec.widths[1:]] if spec.bias_std > 0 else None
     x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), **kw)
     cot = torch.empty((r, spec.batch, spec.widths[-1], *spec.spatial), **kw)
-    init_kwargs = spec.init_kwargs()
 
     def fill(sl: slice, g: torch.Generator) -> None:
-        for W in weights:
-            init_(W[sl], spec.scheme, generator=g, **init_kwargs)
+        if flat is not None:
+            draw_(flat[sl], forms[0][0], generator=g)
+        else:
+            for W in weights:
+                init_(W[sl], spec.scheme, generator=g, **init_kwargs)
         for b in biases or ():
             b[sl].normal_(0.0, spec.bias_std, generator=g)
         _inputs_(x0[sl], spec, g)
         cot[sl].normal_(generator=g)
 
     _fill(_streams(r, generator), fill)
+    if flat is not None:
+        for W, (_, scale) in zip(weights, forms, strict=True):
+            W.mul_(scale)
     return weights, biases, x0, cot
 
 

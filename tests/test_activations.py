@@ -272,3 +272,17 @@ def test_selu_fixed_point():
     a = get("selu")
     assert abs(float(a.V(1.0)) - 1.0) <= 1e-6
     assert abs(float(gaussian_expectation(a.phi, 1.0))) <= 1e-6
+
+
+@pytest.mark.parametrize("act", ACTS, ids=_act_id)
+def test_in_place_phi_and_compact_dphi_agree_with_phi_and_dphi(act):
+    """The runner's fast forms: phi_ (in place where torch has it) and dphi_factor (relu's bool
+    mask, linear's None for φ' ≡ 1) must act exactly as phi and dphi do."""
+    name, params = act
+    a = get(name, **params)
+    x = _points(name, params)
+    torch.testing.assert_close(a.phi_(x.clone()), a.phi(x), rtol=0, atol=0)
+    delta = torch.linspace(-2, 3, x.numel(), dtype=x.dtype).reshape(x.shape)
+    factor = a.dphi_factor(x)
+    got = delta if factor is None else delta * factor
+    torch.testing.assert_close(got, delta * a.dphi(x), rtol=0, atol=0)
