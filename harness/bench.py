@@ -149,10 +149,17 @@ def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tens
     (net(x0) * cot).sum().backward()
     for h in handles:
         h.remove()
-    # conv: the per-example weight gradient sums over positions; a plain script would need one
-    # backward pass per example, so the naive loop leaves it out (which favours the naive loop)
-    rec["weight_grad"] = ([math.nan] * L if spec.is_conv else
-                          [(d_sq[l] * x_sq[l]).mean().item() for l in range(L)])
+    if spec.is_conv:
+        # the per-example weight gradient sums over positions (no product identity): a plain
+        # script takes one backward pass per example, as here
+        wg = np.zeros(L)
+        for b in range(x0.shape[0]):
+            net.zero_grad()
+            (net(x0[b : b + 1]) * cot[b : b + 1]).sum().backward()
+            wg += [lin.weight.grad.square().mean().item() for lin in linears]
+        rec["weight_grad"] = (wg / x0.shape[0]).tolist()
+    else:
+        rec["weight_grad"] = [(d_sq[l] * x_sq[l]).mean().item() for l in range(L)]
     rec["activation"] = rec["activation"][: L - 1]
     return rec
 
