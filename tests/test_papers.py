@@ -145,3 +145,36 @@ def test_order_chaos(run_cli, tmp_path):
     assert chaos["corr_last"] + t * chaos["corr_last_se"] < 0.5  # c_0 = 0.5 → c* < c_0
     assert abs(math.log(chaos["backward_growth"] / chaos["theory_backward_growth"])) <= \
         t * chaos["backward_log_se"], chaos
+
+
+def test_rate_recovers_a_geometric_factor_per_replicate():
+    import numpy as np
+
+    from harness.papers import rate
+
+    layers = np.arange(1, 9)
+    values = np.array([[2.0], [0.5], [1.0]]) * 0.3 ** layers[None, :]
+    b, se = rate(values)
+    assert b == pytest.approx(math.log(0.3), rel=1e-12) and se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_relu_layer_log_variance_matches_simulation():
+    """Var ln B, B = Σ_i relu(g_i)²/(n/2) over n iid N(0, 1): the exact formula vs 20000 draws,
+    within z·se of a sample variance (se from the 4th moment), ALPHA two-sided."""
+    import numpy as np
+
+    from harness.hanin import layer_log_variance
+
+    rng = np.random.default_rng(0)
+    for n in (8, 32):
+        g = rng.standard_normal((20000, n))
+        with np.errstate(divide="ignore"):  # no active unit (2^−n): conditioned away, as in theory
+            x = np.log((np.maximum(g, 0) ** 2).sum(1) / (n / 2))
+        x = x[np.isfinite(x)]
+        v = x.var(ddof=1)
+        se = math.sqrt((((x - x.mean()) ** 4).mean() - v * v) / len(x))
+        z = float(stats.norm.ppf(1 - ALPHA / 4))
+        assert abs(v - layer_log_variance(n)) <= z * se, (n, v, layer_log_variance(n), se)
+    # Hanin & Nica's leading order 5/n, approached as n grows (n·Var = 5.68, 5.15, 5.04 at
+    # n = 32, 128, 512: a 1/n correction)
+    assert 512 * layer_log_variance(512) == pytest.approx(5.0, rel=0.02)
