@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out) if args.out else Path(args.path) / f"{args.name}.png"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        fig, numbers = EXPERIMENTS[args.name](df)
+        try:
+            fig, numbers = EXPERIMENTS[args.name](df)
+        except (KeyError, ValueError) as e:  # runs of another kind than NAME needs
+            parser.error(f"{args.path} does not hold {args.name}'s runs ({e})")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)

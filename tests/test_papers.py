@@ -178,3 +178,11 @@ def test_relu_layer_log_variance_matches_simulation():
     # Hanin & Nica's leading order 5/n, approached as n grows (n·Var = 5.68, 5.15, 5.04 at
     # n = 32, 128, 512: a 1/n correction)
     assert 512 * layer_log_variance(512) == pytest.approx(5.0, rel=0.02)
+
+
+def test_papers_rejects_a_folder_without_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        papers_main(["he2015", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: no metrics.parquet")
