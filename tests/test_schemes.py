@@ -32,6 +32,7 @@ from scipy import integrate, stats
 from harness import init as hinit
 from harness import lsuv
 from harness.cli import precheck
+from harness.experiments import names
 from harness.init import SCHEMES, init_, weight_variance
 from harness.runner import measure, sample_chunk
 from harness.theory import predict
@@ -293,7 +294,7 @@ BAD = [
     (["scheme=lsuv", "scheme.tol=0"], "scheme.tol must be a finite number > 0"),
     (["scheme.gain=exactly"], "scheme.gain must be a finite number > 0 or exact"),
     (["input_corr=1.5"], "input_corr must be a number in [0, 1]"),
-    (["experiment=nope"], "unknown experiment 'nope'; allowed: phase_diagram"),
+    (["experiment=nope"], f"unknown experiment 'nope'; allowed: {', '.join(names())}"),
 ]
 
 
