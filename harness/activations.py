@@ -172,9 +172,8 @@ def _silu_ddphi(x: torch.Tensor) -> torch.Tensor:
 
 
 def _gelu_dphi(x: torch.Tensor) -> torch.Tensor:
-    # d/dx [x Φ(x)] = Φ(x) + x ϕ(x)
-    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
-    return cdf + x * _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+    # d/dx [x Φ(x)] = Φ(x) + x ϕ(x), by the fused kernel autograd itself uses
+    return torch.ops.aten.gelu_backward(torch.ones_like(x), x)
 
 
 def _gelu_ddphi(x: torch.Tensor) -> torch.Tensor:

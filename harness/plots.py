@@ -75,7 +75,10 @@ def variance(
     quantities = tuple(q for q in quantities if q in present)
     s = layer_summary(df)
     fig, axes = plt.subplots(1, len(quantities), figsize=(5.2 * len(quantities), 4.0),
-                             squeeze=False, constrained_layout=True)
+                             squeeze=False)
+    # fixed margins: constrained layout measured ~0.5 s per figure, a third of a default run
+    fig.subplots_adjust(left=0.07 if len(quantities) > 2 else 0.09, right=0.98, bottom=0.12,
+                        top=0.80 if note else 0.86, wspace=0.25)
     for ax, q in zip(axes[0], quantities, strict=True):
         d = s[s["quantity"] == q]
         linear = q in LINEAR
