@@ -8,26 +8,6 @@ stacked tensor.
 Every scheme's weight variance comes from one function, `weight_variance`, which both the sampler
 (`init_`) and the theory (`harness.theory`) call, so code and prediction cannot drift apart:
 
-scheme             Var(W)                     distribution (torch.nn.init function)
-=================  =========================  ===========================================
-xavier_uniform     2g²/(fan_in+fan_out)       U(−b, b), b = g√(6/(fan_in+fan_out))
-xavier_normal      2g²/(fan_in+fan_out)       N(0, Var)
-kaiming_uniform    g²/fan_mode                U(−b, b), b = g√(3/fan_mode)
-kaiming_normal     g²/fan_mode                N(0, Var)
-orthogonal         g²/max(rows, cols)         g·Q, Q from the QR of a Gaussian (rows, cols)
-delta_orthogonal   g²/(out·∏kernel)           centre tap g·Q (out×in, orthonormal columns),
-                                              every other tap 0 (Xiao et al. 2018)
-lecun_normal       g²/fan_in (g = 1)          N(0, σ²) truncated to ±2σ, σ = √Var/0.8796…
-torch_default      1/(3·fan_in)               kaiming_uniform_(a=√5): nn.Linear's default
-=================  =========================  ===========================================
-
-For delta_orthogonal the variance is the mean over all entries (the centre tap's entries have
-mean square g²/out, the others are 0), so fan_in·Var(W) = g²·in/out, which is g² for square
-layers; `tap_variances` gives the per-tap profile the position-resolved conv theory needs.
-
-`xavier` and `kaiming` are short names for xavier_normal and kaiming_normal. lecun_normal is
-Keras's and JAX's: a truncated normal whose std is corrected so the realized variance is 1/fan_in.
-=======
 ====================  =========================  ==========================================
 scheme                Var(W)                     distribution
 ====================  =========================  ==========================================
