@@ -21,7 +21,6 @@ The table is printed and written (with a figure) to `--out` (default results/ben
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -37,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .cli import compose_config
+from .cli import ArgumentParser, compose_config
 from .init import scheme as scheme_entry
 from .runner import measure
 from .spec import ConfigError, Spec
@@ -326,7 +325,7 @@ def figure(df: pd.DataFrame):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dtype", default="float32", help="float32 | float64")
     ap.add_argument("--quick", action="store_true", help="a two-point grid (for smoke tests)")

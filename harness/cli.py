@@ -9,6 +9,7 @@ and no files.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Sequence
@@ -150,3 +151,13 @@ def precheck(argv: Sequence[str]) -> None:
 
 def resolved_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the harness's convention for the plain (non-Hydra) entry points: a bad
+    command line is one line on stderr, `error: WHAT; usage: ...`, and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        print(f"error: {message}; usage: {usage}", file=sys.stderr)
+        raise SystemExit(2)

@@ -24,7 +24,6 @@ simulation in tests/test_gains.py.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import activations, criticality
+from .cli import ArgumentParser
 from .init import calculate_gain
 from .quadrature import gaussian_expectation
 from .results import atomic_write_bytes, write_parquet
@@ -97,15 +97,9 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (the harness's convention)
-        print(f"error: {message}; usage: python -m harness.gains [--out DIR]", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> Path:
     """Print the table and write gains.md and gains.parquet into --out; returns the folder."""
-    parser = _Parser(prog="python -m harness.gains", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness.gains", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/gains", help="output folder")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)

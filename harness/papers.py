@@ -17,7 +17,6 @@ uniform weights too, as an approximation: their pre-activations are Gaussian onl
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import finite_width, hanin, order_chaos
+from .cli import ArgumentParser
 from .plots import plt
 from .results import atomic_write_bytes, load
 
@@ -213,16 +213,9 @@ EXPERIMENTS: dict[str, Callable[[pd.DataFrame], tuple[Any, dict[str, Any]]]] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (the harness's convention)
-        print(f"error: {message}; usage: python -m harness.papers NAME PATH [--out FILE]",
-              file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> Path:
     """Write PATH/NAME.png (or --out) and NAME.json (the measured numbers); returns the figure."""
-    parser = _Parser(prog="python -m harness.papers", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness.papers", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(EXPERIMENTS))
     parser.add_argument("path", help="the experiment's sweep folder")
     parser.add_argument("--out", default=None, help="figure path (default PATH/NAME.png)")

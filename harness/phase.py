@@ -17,7 +17,6 @@ and writes ``phase_diagram.png`` and ``phase_diagram.parquet`` (one row per grid
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import activations
+from .cli import ArgumentParser
 from .plots import plt
 from .results import atomic_write_bytes, load, write_parquet
 
@@ -115,16 +115,9 @@ def figure(points: pd.DataFrame, act: activations.Activation, sizes: dict[str, o
     return fig
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (the harness's convention)
-        print(f"error: {message}; usage: python -m harness.phase PATH [--out FILE]",
-              file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> Path:
     """Draw PATH's phase diagram; returns the figure's path."""
-    parser = _Parser(prog="python -m harness.phase", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness.phase", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="a sweep folder of meanfield runs")
     parser.add_argument("--out", default=None, help="figure path (default PATH/phase_diagram.png)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -10,12 +10,10 @@ where each pass ends and of log10(measured/theory), and the command that reprodu
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from . import compare, report_plots, sweep
+from .cli import ArgumentParser
 from .results import METADATA, METRICS, atomic_write_bytes, git_commit, load, versions
 
 MAX_PAGES = 12  #: at most this many figures per kind (one per combination of the extra keys)
@@ -363,16 +362,9 @@ def write(rep: Report, out_dir: str | Path) -> Path:
 
 
 # ---- command line -------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        print(f"error: {message}; usage: python -m harness.report PATH [--out DIR] [--k K | --alpha A]",
-              file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
     """`python -m harness.report PATH [--out DIR] [--k K | --alpha A]`; exit 2 with one line on bad input."""
-    p = _Parser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="a run directory, a sweep directory, a folder of runs, or a metrics.parquet")
     p.add_argument("--out", help="output folder (default: PATH/report)")
     p.add_argument("--k", type=float, default=None,
