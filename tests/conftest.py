@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from torch import nn
 
-from harness.cli import compose_config
+from harness.cli import compose_config, precheck
 from harness.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,3 +33,25 @@ def run_cli(tmp_path):
         )
 
     return _run
+
+
+def expect_one_line_error(args: list[str], message: str, capsys) -> None:
+    """The CLI precheck rejects `args`: exit 2, exactly one stderr line 'error: …' containing
+    `message` (the harness's bad-input contract)."""
+    with pytest.raises(SystemExit) as exc:
+        precheck(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert message in err
+
+
+class Phi(nn.Module):
+    """An activation as an nn.Module, for the reference nn.Sequential stacks."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x):
+        return self.act.phi(x)

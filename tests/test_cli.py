@@ -11,6 +11,7 @@ import pytest
 from harness import load
 from harness.cli import compose_config, precheck
 from harness.run import execute
+from tests.conftest import expect_one_line_error
 
 SMALL = ["depth=5", "width=16", "batch=8", "replicates=3"]
 CONFIG_COLUMNS = ["arch", "scheme", "mode", "act", "depth", "width", "batch", "replicates",
@@ -66,12 +67,7 @@ BAD = [
 
 @pytest.mark.parametrize(("args", "message"), BAD)
 def test_bad_input_is_one_line_exit_2(args, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        precheck(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert message in err
+    expect_one_line_error(args, message, capsys)
 
 
 @pytest.mark.parametrize("args", [["scheme=foo"], ["depth=0"], ["dept=3"]])
@@ -180,12 +176,7 @@ CONV_BAD = [
 
 @pytest.mark.parametrize(("args", "message"), CONV_BAD)
 def test_bad_conv_input_is_one_line_exit_2(args, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        precheck(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert message in err
+    expect_one_line_error(args, message, capsys)
 
 
 def test_conv_keys_are_ignored_for_mlp():

@@ -12,19 +12,10 @@ from torch import nn
 from harness import conv
 from harness.init import fans, init_, resolve_gain, tap_variances, weight_variance
 from harness.runner import bytes_per_replicate, chunk_size, measure, sample_chunk
-from tests.conftest import small_spec
+from tests.conftest import Phi, small_spec
 
 TINY = ["arch=conv", "depth=3", "widths=[2,3,4,3]", "image=5", "batch=3", "replicates=2",
         "bias_std=0.3", "dtype=float64", "device=cpu"]
-
-
-class Phi(nn.Module):
-    def __init__(self, act):
-        super().__init__()
-        self.act = act
-
-    def forward(self, x):
-        return self.act.phi(x)
 
 
 def reference_nets(spec, weights, biases):

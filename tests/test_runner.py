@@ -9,16 +9,7 @@ from torch import nn
 
 from harness import activations
 from harness.runner import chunk_size, measure, propagate, sample_chunk
-from tests.conftest import small_spec
-
-
-class Phi(nn.Module):
-    def __init__(self, act):
-        super().__init__()
-        self.act = act
-
-    def forward(self, x):
-        return self.act.phi(x)
+from tests.conftest import Phi, small_spec
 
 
 def reference_stats(weights, biases, x0, cot, act):

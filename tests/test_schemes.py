@@ -31,12 +31,11 @@ from scipy import integrate, stats
 
 from harness import init as hinit
 from harness import lsuv
-from harness.cli import precheck
 from harness.experiments import names
 from harness.init import SCHEMES, init_, weight_variance
 from harness.runner import measure, sample_chunk
 from harness.theory import predict
-from tests.conftest import small_spec
+from tests.conftest import expect_one_line_error, small_spec
 from tests.test_init import NAMES as TORCH_FAMILY_NAMES
 from tests.test_theory import z_crit
 
@@ -300,12 +299,7 @@ BAD = [
 
 @pytest.mark.parametrize(("args", "message"), BAD)
 def test_bad_scheme_input_is_one_line_exit_2(args, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        precheck(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert message in err
+    expect_one_line_error(args, message, capsys)
 
 
 def test_every_new_scheme_composes_and_validates():
