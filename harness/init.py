@@ -120,6 +120,13 @@ class Scheme:
         return TORCH_MODES if self.family == "kaiming" else ()
 
     @property
+    def spectral_s1(self) -> float:
+        """s_1, the first coefficient of the S-transform of WᵀW/σ_w² for a square layer
+        (Pennington et al. 2017): 0 for orthogonal weights (every singular value equal), −1
+        for iid entries of any distribution (Marchenko–Pastur at aspect ratio 1)."""
+        return 0.0 if self.distribution in ("orthogonal", "delta_orthogonal") else -1.0
+
+    @property
     def uses_nonlinearity(self) -> bool:
         return self.family == "kaiming"
 

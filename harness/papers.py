@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import finite_width, hanin, order_chaos
+from . import finite_width, hanin, isometry, order_chaos
 from .cli import ArgumentParser
 from .plots import plt
 from .results import atomic_write_bytes, load
@@ -207,9 +207,19 @@ def order_chaos_2017(df: pd.DataFrame):
     return order_chaos.figure(df, rows), numbers
 
 
+def pennington2017(df: pd.DataFrame):
+    """Pennington et al. 2017: the Jacobian's relative spectral variance grows per layer at
+    μ_2/μ_1² − 1 − s_1 (orthogonal s_1 = 0, Gaussian −1); its spectrum at the last layer."""
+    rows = isometry.table(df)
+    numbers = {r["label"]: {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                            for k, v in r.items() if k != "run_dir"}
+               for r in rows.to_dict("records")}
+    return isometry.figure(df, rows), numbers
+
+
 EXPERIMENTS: dict[str, Callable[[pd.DataFrame], tuple[Any, dict[str, Any]]]] = {
     "torch_defaults": torch_defaults, "he2015": he2015, "glorot2010": glorot2010,
-    "hanin2019": hanin2019, "order_chaos": order_chaos_2017,
+    "hanin2019": hanin2019, "order_chaos": order_chaos_2017, "pennington2017": pennington2017,
 }
 
 
@@ -244,6 +254,12 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"{name}: forward at L {f('forward_last')} (q* {f('q_star')}), backward growth "
                   f"{f('backward_growth')} (chi_1 {f('chi_1')}), xi measured {f('xi_measured')} "
                   f"(mean field over the window {f('xi_theory_window')}, xi_c {f('xi_c')})")
+            continue
+        if "paper_slope" in row:
+            print(f"{name}: Jacobian relative variance grows {row['slope']:.4g} ± "
+                  f"{row['slope_se']:.2g} per layer (theory {row['theory_slope']:.4g}, paper "
+                  f"{row['paper_slope']:.4g}); last layer λ/m_1 5–95%: "
+                  f"{row['spectrum_q05']:.3g}–{row['spectrum_q95']:.3g}")
             continue
         if "var_log" in row:
             print(f"{name}: beta {row['beta']:.4g}, Var ln F^L {row['var_log']:.4g} ± "

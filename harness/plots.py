@@ -19,9 +19,12 @@ LABELS = {
     "channel_mean_sq": r"channel mean$^2$: mean$_c$ $\bar h_c^2$",
     "channel_var": r"channel variance: mean$_c$ Var $h_c$",
     "correlation": r"correlation: mean $\cos(h^l_a, h^l_b)$, $a \neq b$",
+    "jacobian_mean": r"Jacobian: mean $\lambda$ (squared singular values of $\partial h^l/\partial x^0$)",
+    "jacobian_var": r"Jacobian: Var $\lambda$",
+    "jacobian_rel_var": r"Jacobian: Var $\lambda$ / (mean $\lambda$)$^2$",
 }
 #: quantities drawn on a linear axis (the rest are second moments, on a log axis)
-LINEAR = {"correlation"}
+LINEAR = {"correlation", "jacobian_rel_var"}
 
 
 def layer_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -62,7 +65,7 @@ def title_of(df: pd.DataFrame) -> str:
 
 def variance(
     df: pd.DataFrame,
-    quantities: tuple[str, ...] = ("forward", "backward", "correlation"),
+    quantities: tuple[str, ...] = ("forward", "backward", "correlation", "jacobian_rel_var"),
     *,
     bands: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     note: str | None = None,

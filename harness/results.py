@@ -3,7 +3,8 @@
 One row per (replicate, layer, quantity): the run's config columns, `layer` (1..L), `replicate`,
 `quantity`, `value` (measured) and `theory` (predicted). Conv runs also get `positions.parquet`:
 one row per (layer, position, quantity) with the replicate mean, its standard error and the
-position-resolved theory.
+position-resolved theory. Runs with jacobian=k get `jacobian.parquet`: the squared singular
+values of the last layer's input-output Jacobian, per (replicate, input).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .spec import Spec
 METRICS = "metrics.parquet"
 METADATA = "metadata.json"
 POSITIONS = "positions.parquet"
+JACOBIAN = "jacobian.parquet"
 #: config columns that are null for some runs (width with `widths`; the conv keys for an MLP),
 #: with nullable dtypes so that frames of every kind of run concatenate
 NULLABLE = {"width": "Int64", "kernel": "Int64", "image": "Int64", "conv_dim": "Int64",
@@ -108,6 +110,21 @@ def positions_frame(
     cols = _with_config(df, spec)
     df["quantity"] = df["quantity"].astype("string")
     return df[[*cols, "layer", *names, "quantity", "value", "sem", "theory"]]
+
+
+def spectrum_frame(spec: Spec, eigenvalues: np.ndarray) -> pd.DataFrame:
+    """One row per (replicate, input, index): `value` = a squared singular value of the
+    last layer's Jacobian J^L = ∂h^L/∂x^0 at that input (eigenvalues (R, k, n_0), ascending),
+    with the run's config columns."""
+    R, k, n = eigenvalues.shape
+    df = pd.DataFrame({
+        "replicate": np.repeat(np.arange(R), k * n),
+        "input": np.tile(np.repeat(np.arange(k), n), R),
+        "index": np.tile(np.arange(n), R * k),
+        "value": np.asarray(eigenvalues, dtype=np.float64).ravel(),
+    })
+    cols = _with_config(df, spec)
+    return df[[*cols, "replicate", "input", "index", "value"]]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

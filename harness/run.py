@@ -2,7 +2,8 @@
 
 A thin `@hydra.main` around `execute(cfg, out_dir)`, the plain function tests call on a composed
 config. Outputs (in Hydra's run directory): metrics.parquet, metadata.json, config.yaml,
-variance.png, and for arch=conv positions.parquet and positions.png; `metrics.parquet` is
+variance.png, for arch=conv positions.parquet and positions.png, and with jacobian=k
+jacobian.parquet (the last layer's Jacobian spectrum); `metrics.parquet` is
 written last, atomically, and marks a complete run.
 """
 
@@ -22,14 +23,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import cli, conv_theory, criticality, finite_width, launchers, lsuv, plots, summary, sweep
+from . import cli, conv_theory, criticality, finite_width, jacobian, launchers, lsuv, plots, summary, sweep
 from .results import (
+    JACOBIAN,
     METADATA,
     METRICS,
     POSITIONS,
     atomic_write_bytes,
     positions_frame,
     run_metadata,
+    spectrum_frame,
     to_frame,
     write_json,
     write_parquet,
@@ -72,6 +75,9 @@ def execute(
     notes = [criticality.describe(crit), finite_width.describe(coverage, spec.replicates)]
     if "lsuv" in measurement.info:
         notes.append(lsuv.describe(measurement.info))
+    if spec.jacobian:
+        notes.append(jacobian.describe_slopes(measurement.values["jacobian_rel_var"],
+                                              predicted["jacobian_rel_var"]))
 
     meta = run_metadata(
         spec,
@@ -95,6 +101,9 @@ def execute(
             _save_png(plots.positions, pos, out / "positions.png")
     if pos is not None:
         write_parquet(pos, out / POSITIONS, meta)
+    if "jacobian_spectrum" in measurement.info:
+        write_parquet(spectrum_frame(spec, measurement.info["jacobian_spectrum"]),
+                      out / JACOBIAN, meta)
     write_parquet(df, out / METRICS, meta)
 
     wall = time.perf_counter() - t0

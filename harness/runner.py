@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import conv
+from . import conv, jacobian
 from .activations import Activation
 from .init import draw_, iid_form, init_
 from .spec import Spec
@@ -52,7 +52,8 @@ class Measurement:
     device_name: str
     positions: dict[str, np.ndarray] = field(default_factory=dict)
     #: data-dependent facts of the draw: for lsuv, "lsuv" (iterations, realized gains) and
-    #: "weight_variances" (Var(W^l) at LSUV's mean-field gains, which the theory then uses)
+    #: "weight_variances" (Var(W^l) at LSUV's mean-field gains, which the theory then uses);
+    #: with jacobian=k, "jacobian_spectrum": the eigenvalues of J^Lᵀ J^L, (R, k, n_0)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -164,7 +165,8 @@ def bytes_per_replicate(spec: Spec) -> int:
     weights = sum(math.prod(s) for s in spec.weight_shapes)
     saved = spec.batch * sum(spec.widths[1:-1])
     working = 4 * spec.batch * max(spec.widths)
-    return item * (weights + saved + working + (spec.depth + 1) * spec.batch)
+    jac = jacobian.bytes_per_replicate(spec.jacobian, spec.widths, item) if spec.jacobian else 0
+    return item * (weights + saved + working + (spec.depth + 1) * spec.batch) + jac
 
 
 def chunk_size(spec: Spec) -> int:
@@ -300,7 +302,7 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
         bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False)
     act = spec.activation
     run = functools.partial(conv.propagate, padding_mode=spec.padding_mode) if spec.is_conv else propagate
-    calibrations = []
+    calibrations, spectra = [], []
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
         generator = replicate_generators(spec, c * size, r)
@@ -310,6 +312,11 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
 
             calibrations.append(lsuv.calibrate_spec(spec, weights, biases, generator))
         parts.append(run(weights, biases, x0, cot, act, tick=bar.update if bar else None))
+        if spec.jacobian:
+            jac, eig = jacobian.propagate(weights, biases, x0[:, : spec.jacobian], act,
+                                          spectrum=True)
+            parts[-1].update(jac)
+            spectra.append(eig.to("cpu", torch.float64).numpy())
         del weights, biases, x0, cot
     if bar is not None:
         bar.close()
@@ -318,6 +325,8 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
         from . import lsuv
 
         info = lsuv.collect(spec, calibrations)
+    if spectra:  # the last layer's squared singular values, (R, k, n_0)
+        info["jacobian_spectrum"] = np.concatenate(spectra, 0)
     # one device-to-host copy for all statistics
     keys = list(parts[0])
     flat = torch.cat([torch.cat([p[k] for p in parts], 0).flatten(1) for k in keys], 1)

@@ -28,7 +28,9 @@ QUANTITIES = ("forward", "activation", "backward", "weight_grad", "correlation")
 CHANNEL_QUANTITIES = ("channel_mean_sq", "channel_var")
 #: what a conv run measures
 CONV_QUANTITIES = ("forward", "activation", "backward", "weight_grad", *CHANNEL_QUANTITIES)
-ALL_QUANTITIES = (*QUANTITIES, *CHANNEL_QUANTITIES)
+#: the input-output Jacobian's squared singular values (jacobian=k > 0, MLP; harness.jacobian)
+JACOBIAN_QUANTITIES = ("jacobian_mean", "jacobian_var", "jacobian_rel_var")
+ALL_QUANTITIES = (*QUANTITIES, *CHANNEL_QUANTITIES, *JACOBIAN_QUANTITIES)
 
 
 class ConfigError(ValueError):
@@ -73,6 +75,8 @@ class Spec:
     scheme_params: tuple[tuple[str, Any], ...] = ()
     #: pairwise correlation of the inputs: x_b = √input_var (√c z + √(1−c) z_b)
     input_corr: float = 0.0
+    #: inputs per replicate at which the exact input-output Jacobian is formed (0: not measured)
+    jacobian: int = 0
 
     # ---- derived views ------------------------------------------------------------------
     @property
@@ -107,7 +111,8 @@ class Spec:
         the correlation between inputs when it has at least two (batch ≥ 2)."""
         if self.is_conv:
             return CONV_QUANTITIES
-        return QUANTITIES if self.batch >= 2 else QUANTITIES[:-1]
+        base = QUANTITIES if self.batch >= 2 else QUANTITIES[:-1]
+        return (*base, *JACOBIAN_QUANTITIES) if self.jacobian else base
 
     @property
     def weight_shapes(self) -> list[tuple[int, ...]]:
@@ -159,6 +164,7 @@ class Spec:
             "scheme_params": ",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
                                       for k, v in self.scheme_params),
             "input_corr": self.input_corr,
+            "jacobian": self.jacobian,
             "dtype": self.dtype,
             "device": self.device,
             "kernel": self.kernel,
@@ -253,6 +259,7 @@ class Spec:
                               f"at 0 (got {input_corr!r})")
         if inits.scheme(scheme_name).family == "delta_orthogonal":
             _check_delta_orthogonal(widths)
+        jacobian = _jacobian(cfg, arch, batch)
 
         return cls(
             arch=arch,
@@ -278,6 +285,7 @@ class Spec:
             **conv,
             scheme_params=tuple(params.items()),
             input_corr=float(input_corr),
+            jacobian=jacobian,
         )
 
 
@@ -331,6 +339,18 @@ def _conv_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if kernel > image:
         raise ConfigError(f"kernel {kernel} is larger than the image {image}; need kernel ≤ image")
     return dict(kernel=kernel, image=image, padding_mode=padding_mode, conv_dim=int(conv_dim))
+
+
+def _jacobian(cfg: Mapping[str, Any], arch: str, batch: int) -> int:
+    """`jacobian`: how many of each replicate's inputs get their exact Jacobian (0: none)."""
+    k = cfg.get("jacobian", 0)
+    if not _is_int(k) or not 0 <= k <= batch:
+        raise ConfigError(f"jacobian must be an integer in [0, batch={batch}]: the inputs per "
+                          f"network at which the input-output Jacobian is formed (0: off); got {k!r}")
+    if k and arch != "mlp":
+        raise ConfigError(f"jacobian is implemented for arch=mlp only; for arch={arch} leave it "
+                          f"at 0 (got jacobian={k})")
+    return int(k)
 
 
 def _check_delta_orthogonal(widths: tuple[int, ...]) -> None:

@@ -14,7 +14,8 @@ with c_0 = input_corr and C_φ(q, c) = E[φ(u_1)φ(u_2)], (u_1, u_2) ~ N(0, q[[1
 (the correlation map of Poole et al. 2016; closed-form arc-cosine kernel for the relu family,
 2-D quadrature otherwise). The backward line is the gradient-independence approximation; it is
 exact for relu-family and linear networks' expectations. The measured correlation is a mean of
-cosines, whose expectation differs from c^l by O(1/n). Conv stacks (arch=conv) follow the
+cosines, whose expectation differs from c^l by O(1/n). With jacobian=k the Jacobian's spectrum
+moments follow `harness.jacobian.predict` (free probability). Conv stacks (arch=conv) follow the
 position-resolved recursions of `harness.conv_theory`.
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import conv_theory
+from . import conv_theory, jacobian
 from .activations import Activation
 from .init import fans
 from .spec import Spec
@@ -85,7 +86,9 @@ def predict(
         rows = np.array([s[0] for s in spec.weight_shapes], dtype=np.float64)
         for l in range(L - 2, -1, -1):
             g[l] = D[l] * rows[l + 1] * var_w[l + 1] * g[l + 1]
+        jac = (jacobian.predict(act, spec.scheme, spec.widths, var_w, q) if spec.jacobian else {})
         return {
+            **jac,
             "forward": q,
             "activation": x2[1:].copy(),
             "backward": g,

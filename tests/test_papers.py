@@ -47,7 +47,7 @@ def pick(rows: list[dict], **match) -> dict:
 
 
 @pytest.mark.parametrize("name", ["torch_defaults", "he2015", "glorot2010", "hanin2019",
-                                  "order_chaos"])
+                                  "order_chaos", "pennington2017"])
 def test_experiments_compose_from_anywhere(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = compose_config([f"experiment={name}", "replicates=3"])
@@ -145,6 +145,39 @@ def test_order_chaos(run_cli, tmp_path):
     assert chaos["corr_last"] + t * chaos["corr_last_se"] < 0.5  # c_0 = 0.5 → c* < c_0
     assert abs(math.log(chaos["backward_growth"] / chaos["theory_backward_growth"])) <= \
         t * chaos["backward_log_se"], chaos
+
+
+def test_pennington2017(run_cli, tmp_path):
+    """The Jacobian's relative spectral variance grows per layer at μ_2/μ_1² − 1 − s_1: relu 2
+    (Gaussian) and 1 (orthogonal), critical tanh at q* = 0.02: 1.003 and 0.003 (isometry).
+
+    The measured slope carries a finite-width bias that falls like 1/n (measured at depth 10,
+    400+ replicates: orthogonal relu +0.076, +0.038, +0.022 at widths 64, 128, 256), so each
+    claim is checked on the Richardson extrapolation 2·s(2n) − s(n) of widths n = 128 and 2n,
+    which removes the 1/n term; its se is √(4 se(2n)² + se(n)²)."""
+    R16 = 16
+    rows = sweep(run_cli, tmp_path, "pennington2017", "depth=10", "width=128,256", "batch=4",
+                 f"replicates={R16}")
+    assert len(rows) == 8
+    t = t_quantile(m=6, replicates=R16)
+    slope = {}
+    for key in {(r["act"], r["scheme"]) for r in rows}:
+        n, n2 = sorted((r for r in rows if (r["act"], r["scheme"]) == key),
+                       key=lambda r: r["width"])
+        assert n2["width"] == 2 * n["width"]
+        s = 2 * n2["slope"] - n["slope"]
+        se = math.hypot(2 * n2["slope_se"], n["slope_se"])
+        assert n["theory_slope"] == pytest.approx(n["paper_slope"], rel=1e-6)  # starts at q*
+        assert abs(s - n["paper_slope"]) <= t * se, (key, s, se, n["paper_slope"])
+        slope[key] = (s, se, n)
+    # orthogonal minus Gaussian is −s_1 = 1 per layer for both activations (Gaussian's
+    # Marchenko–Pastur spread), and orthogonal tanh is near-isometric: far below orthogonal relu
+    for act in ("tanh", "relu"):
+        (so, seo, _), (sg, seg, _) = slope[act, "orthogonal"], slope[act, "kaiming_normal"]
+        assert abs(sg - so - 1.0) <= t * math.hypot(seo, seg), (act, sg, so)
+    (st, set_, rt), (sr, ser, _) = slope["tanh", "orthogonal"], slope["relu", "orthogonal"]
+    assert st + t * set_ < 0.01 < sr - t * ser
+    assert rt["spectrum_q05"] > 0.5 and rt["spectrum_q95"] < 2.0  # λ/m_1 near 1 at layer 10
 
 
 def test_rate_recovers_a_geometric_factor_per_replicate():
