@@ -24,6 +24,7 @@ derivative; the jump's delta term is multiplied by φ(0) = 0 in V_φ' and drops 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,9 +62,11 @@ class ActivationKind:
     doc: str = ""
     #: φ in place (overwrites its argument), where torch has it; saves the runner an allocation
     phi_: Fn | None = None
-    #: φ' in the form the backward pass multiplies by, when cheaper than dphi: relu's bool mask
-    #: (1 byte per unit); a return of None means φ' ≡ 1 (linear)
-    dphi_factor: Callable[..., torch.Tensor | None] | None = None
+    #: torch's fused backward kernel, f(δ, saved, out, **p) writing δ ⊙ φ'(h) into out, where
+    #: saved is φ(h) if `saves_output(**p)` else h (None: δ ⊙ dphi(h); linear: φ' ≡ 1, a no-op)
+    backward: Callable[..., torch.Tensor] | None = None
+    #: whether `backward` reads φ's output (then φ may run in place); a function of the params
+    saves_output: Callable[..., bool] = lambda **p: False
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,19 @@ class Activation:
             return self.kind.phi_(x, **self.params)
         return self.phi(x)
 
-    def dphi_factor(self, x: torch.Tensor) -> torch.Tensor | None:
-        """φ'(x) as a multiplier: t with t·δ = φ'(x)·δ (relu: a bool mask), or None if φ' ≡ 1."""
-        if self.kind.dphi_factor is not None:
-            return self.kind.dphi_factor(x, **self.params)
-        return self.dphi(x)
+    @property
+    def saves_output(self) -> bool:
+        """True if `backward_` wants φ(h) (φ then runs in place on h), False if it wants h."""
+        return bool(self.kind.saves_output(**self.params))
+
+    def backward_(self, delta: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+        """δ ← δ ⊙ φ'(h) in place, `saved` = φ(h) if `saves_output` else h: torch's own fused
+        backward kernel (one pass, no φ' tensor), or δ·dphi(h) where torch has none."""
+        if self.name == "linear":
+            return delta
+        if self.kind.backward is not None:
+            return self.kind.backward(delta, saved, delta, **self.params)
+        return delta.mul_(self.dphi(saved))
 
     def V(self, q: float | np.ndarray) -> np.ndarray:
         """V_φ(q) = E_{z~N(0,q)}[φ(z)²]."""
@@ -119,10 +130,13 @@ class Activation:
         return gaussian_expectation(lambda z: self.dphi(z) ** 2 + self.phi(z) * self.ddphi(z), q)
 
     def C(self, q: float, c: float) -> float:
-        """C_φ(q, c) = E[φ(u_1)φ(u_2)], (u_1, u_2) ~ N(0, q[[1, c], [c, 1]]); C(q, 1) = V(q)."""
+        """C_φ(q, c) = E[φ(u_1)φ(u_2)], (u_1, u_2) ~ N(0, q[[1, c], [c, 1]]); C(q, 1) = V(q).
+
+        The 2-D quadrature (~5 ms) is cached per (activation, q, c): the runs of a sweep that
+        differ only in seed or mode ask for the same values."""
         if self.kind.C_closed is not None:
             return float(self.kind.C_closed(float(q), float(c), **self.params))
-        return gaussian_expectation_2d(self.phi, self.phi, q, c)
+        return _C_quadrature(self.name, tuple(self.params.items()), float(q), float(c))
 
     def C_prime(self, q: float, c: float) -> float:
         """C'_φ(q, c) = E[φ'(u_1)φ'(u_2)] = ∂C_φ/∂(qc); C'(q, 1) = D(q)."""
@@ -181,6 +195,15 @@ def _gelu_ddphi(x: torch.Tensor) -> torch.Tensor:
     return _INV_SQRT_2PI * torch.exp(-0.5 * x * x) * (2 - x * x)
 
 
+_aten = torch.ops.aten
+
+
+def _elu_backward(alpha: float, scale: float = 1.0) -> Callable[..., torch.Tensor]:
+    """elu/selu's φ' from the output y: scale for y > 0, y + scale·α where y ≤ 0."""
+    return lambda d, y, out, **_: _aten.elu_backward.grad_input(d, alpha, scale, 1.0, True, y,
+                                                                 grad_input=out)
+
+
 def _zeros(x: torch.Tensor, **_: float) -> torch.Tensor:
     return torch.zeros_like(x)
 
@@ -198,7 +221,6 @@ REGISTRY: dict[str, ActivationKind] = {
             C_closed=lambda q, c: q * c,
             gain_name="linear",
             phi_=lambda x: x,
-            dphi_factor=lambda x: None,
             doc="φ(x) = x; V = q, D = 1",
         ),
         ActivationKind(
@@ -211,7 +233,8 @@ REGISTRY: dict[str, ActivationKind] = {
             C_closed=_relu_C,
             gain_name="relu",
             phi_=torch.relu_,
-            dphi_factor=lambda x: x > 0,
+            backward=lambda d, y, out: _aten.threshold_backward.grad_input(d, y, 0, grad_input=out),
+            saves_output=lambda: True,
             doc="φ(x) = max(0, x); V = q/2, D = 1/2",
         ),
         ActivationKind(
@@ -226,6 +249,10 @@ REGISTRY: dict[str, ActivationKind] = {
             C_closed=_leaky_relu_C,
             gain_name="leaky_relu",
             phi_=lambda x, negative_slope: F.leaky_relu_(x, negative_slope),
+            # from the output only when a > 0 (its sign is then h's)
+            backward=lambda d, s, out, negative_slope: _aten.leaky_relu_backward.grad_input(
+                d, s, negative_slope, negative_slope > 0, grad_input=out),
+            saves_output=lambda negative_slope: negative_slope > 0,
             defaults={"negative_slope": 0.01},
             doc="φ(x) = max(x, a·x); V = q(1+a²)/2, D = (1+a²)/2",
         ),
@@ -236,6 +263,8 @@ REGISTRY: dict[str, ActivationKind] = {
             ddphi=lambda x: -2 * torch.tanh(x) * (1 - torch.tanh(x) ** 2),
             gain_name="tanh",
             phi_=torch.tanh_,
+            backward=lambda d, y, out: _aten.tanh_backward.grad_input(d, y, grad_input=out),
+            saves_output=lambda: True,
             doc="φ(x) = tanh x",
         ),
         ActivationKind(
@@ -245,6 +274,8 @@ REGISTRY: dict[str, ActivationKind] = {
             ddphi=_sigmoid_ddphi,
             gain_name="sigmoid",
             phi_=torch.sigmoid_,
+            backward=lambda d, y, out: _aten.sigmoid_backward.grad_input(d, y, grad_input=out),
+            saves_output=lambda: True,
             doc="φ(x) = 1/(1+e^-x)",
         ),
         ActivationKind(
@@ -258,6 +289,8 @@ REGISTRY: dict[str, ActivationKind] = {
             ),
             gain_name="selu",
             phi_=lambda x: F.selu(x, inplace=True),
+            backward=_elu_backward(SELU_ALPHA, SELU_SCALE),
+            saves_output=lambda: True,
             doc="φ(x) = λ x (x>0), λ α (e^x − 1) (x≤0)",
         ),
         ActivationKind(
@@ -268,12 +301,17 @@ REGISTRY: dict[str, ActivationKind] = {
             defaults={"alpha": 1.0},
             doc="φ(x) = x (x>0), α (e^x − 1) (x≤0)",
             phi_=lambda x, alpha: F.elu_(x, alpha),
+            # from the output only when α ≥ 0 (torch's rule for elu_backward on the result)
+            backward=lambda d, s, out, alpha: _aten.elu_backward.grad_input(
+                d, alpha, 1.0, 1.0, alpha >= 0, s, grad_input=out),
+            saves_output=lambda alpha: alpha >= 0,
         ),
         ActivationKind(
             "gelu",
             phi=F.gelu,
             dphi=_gelu_dphi,
             ddphi=_gelu_ddphi,
+            backward=lambda d, x, out: _aten.gelu_backward.grad_input(d, x, grad_input=out),
             doc="φ(x) = x Φ(x) (exact, erf form)",
         ),
         ActivationKind(
@@ -283,6 +321,7 @@ REGISTRY: dict[str, ActivationKind] = {
             ddphi=_silu_ddphi,
             doc="φ(x) = x σ(x)",
             phi_=lambda x: F.silu(x, inplace=True),
+            backward=lambda d, x, out: _aten.silu_backward.grad_input(d, x, grad_input=out),
         ),
         ActivationKind(
             "softplus",
@@ -292,6 +331,8 @@ REGISTRY: dict[str, ActivationKind] = {
             ddphi=lambda x, beta: torch.where(
                 beta * x > 20, 0.0, beta * torch.sigmoid(beta * x) * torch.sigmoid(-beta * x)
             ),
+            backward=lambda d, x, out, beta: _aten.softplus_backward.grad_input(
+                d, x, beta, 20.0, grad_input=out),
             defaults={"beta": 1.0},
             doc="φ(x) = log(1 + e^{βx})/β (torch's, linear past βx > 20)",
         ),
@@ -299,6 +340,13 @@ REGISTRY: dict[str, ActivationKind] = {
 }
 
 NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+@functools.lru_cache(maxsize=65536)
+def _C_quadrature(name: str, params: tuple[tuple[str, float], ...], q: float, c: float) -> float:
+    """C_φ(q, c) by 2-D quadrature for the registered activation `name` with `params`."""
+    act = get(name, **dict(params))
+    return gaussian_expectation_2d(act.phi, act.phi, q, c)
 
 
 def get(name: str, **params: float) -> Activation:

@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import conv, jacobian
+from . import conv, jacobian, workspace
 from .activations import Activation
 from .init import draw_, iid_form, init_
 from .spec import Spec
+from .workspace import Workspace
 
 Tick = Callable[[], object]
 
@@ -81,6 +82,7 @@ def propagate(
     cotangent: torch.Tensor,
     act: Activation,
     tick: Tick | None = None,
+    workspace: Workspace | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward and backward through a stacked MLP ensemble; per-replicate pooled moments.
 
@@ -92,6 +94,9 @@ def propagate(
         forward = mean (h^l)²,  activation = mean φ(h^l)² (l < L),  backward = mean (δ^l)²,
         weight_grad = mean_b[mean_i (δ^l_bi)² · mean_j (x^{l-1}_bj)²],
         correlation = mean_{a≠b} cos(h^l_a, h^l_b) (only when B ≥ 2).
+
+    With a `workspace` the activation buffers and the saved φ' come from it (reused memory;
+    `harness.workspace`), else they are allocated here.
     """
     L = len(weights)
     R = x0.shape[0]
@@ -104,11 +109,16 @@ def propagate(
     if x0.shape[1] >= 2:
         stat["correlation"] = x0.new_empty(R, L)
     x_sq: list[torch.Tensor] = []  # mean_j (x^{l-1}_bj)², (R, B)
-    dphi: list[torch.Tensor | None] = []  # φ'(h^l) as a multiplier (relu: bool mask), l < L
-    # two ping-pong buffers hold h^l (x^l in place where φ has an in-place form), then δ^l:
-    # no allocation (and no page faults) per layer
+    # what the backward pass needs of layer l < L: x^l = φ(h^l) where φ's backward kernel reads
+    # its output (relu, tanh, sigmoid, elu, selu: φ is then applied in place, and the saved
+    # buffer is also the next layer's input), else h^l; δ^l = φ'(h^l) ⊙ (…) is then one fused
+    # kernel (Activation.backward_), with no φ' tensor formed
+    saved: list[torch.Tensor | None] = []
     B, n_max = x0.shape[1], max(W.shape[1] for W in weights)
-    buf = [x0.new_empty(R * B * n_max), x0.new_empty(R * B * n_max)]
+    ws = workspace if workspace is not None else Workspace()  # a throwaway one: fresh memory
+    # two ping-pong buffers hold the readout h^L and then δ^l: no allocation (and no first-touch
+    # page faults) per layer
+    buf = [ws.take(f"h{i}", (R * B * n_max,), x0.dtype, x0.device) for i in (0, 1)]
 
     def slot(i: int, n: int) -> torch.Tensor:
         return buf[i % 2][: R * B * n].view(R, B, n)
@@ -117,7 +127,8 @@ def propagate(
     xs = _mean_sq_rows(x0)
     for l, W in enumerate(weights):
         x_sq.append(xs)
-        h = slot(l, W.shape[1])  # (R, B, n_l)
+        n = W.shape[1]
+        h = ws.take(f"saved{l}", (R, B, n), x0.dtype, x0.device) if l < L - 1 else slot(l, n)
         if biases is not None:
             torch.baddbmm(biases[l].unsqueeze(1), x, W.transpose(1, 2), out=h)
         else:
@@ -127,8 +138,12 @@ def propagate(
         if "correlation" in stat:
             stat["correlation"][:, l] = mean_cosine(h, sq_norm)
         if l < L - 1:
-            dphi.append(act.dphi_factor(h))
-            x = act.phi_(h)
+            if act.saves_output:
+                x = act.phi_(h)  # in place: h's buffer now holds x^l, kept for the backward
+                saved.append(x)
+            else:
+                saved.append(h)
+                x = act.phi(h)
             xs = _mean_sq_rows(x)  # the next layer's input moment is this layer's activation's
             stat["activation"][:, l] = xs.mean(-1)
         if tick is not None:
@@ -138,12 +153,8 @@ def propagate(
         if l < L - 1:
             out = slot(l, weights[l + 1].shape[2])
             delta = torch.bmm(delta, weights[l + 1], out=out)  # (R, B, n_l)
-            d = dphi[l]
-            if d is not None and d.dtype == torch.bool:  # relu: zero where h ≤ 0, no float copy
-                delta.masked_fill_(d.logical_not_(), 0.0)
-            elif d is not None:
-                delta.mul_(d)
-            dphi[l] = None  # free φ'(h^l) as the backward pass goes
+            act.backward_(delta, saved[l])  # δ^l ⊙= φ'(h^l)
+            saved[l] = None
         d_sq = _mean_sq_rows(delta)  # mean_i δ_bi², (R, B)
         stat["backward"][:, l] = d_sq.mean(-1)
         stat["weight_grad"][:, l] = (d_sq * x_sq[l]).mean(-1)
@@ -228,13 +239,18 @@ def _fill(
 
 
 def sample_chunk(
-    spec: Spec, r: int, generator: Generators
+    spec: Spec, r: int, generator: Generators, workspace: Workspace | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor, torch.Tensor]:
     """Draw r members' weights (and biases), their inputs x^0 and cotangents r.
 
     Each stream (the one generator, or each replicate's own) draws, in order: every layer's
-    weights, every layer's biases (if bias_std > 0), the inputs, the cotangents."""
-    kw = dict(dtype=spec.torch_dtype, device=spec.device)
+    weights, every layer's biases (if bias_std > 0), the inputs, the cotangents. With a
+    `workspace` the tensors are views of its reused buffers (valid until its next use)."""
+    ws = workspace if workspace is not None else Workspace()
+
+    def empty(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return ws.take(name, shape, spec.torch_dtype, spec.device)
+
     init_kwargs = spec.init_kwargs()
     forms = [iid_form(spec.scheme, shape, **init_kwargs) for shape in spec.weight_shapes]
     flat = None
@@ -242,19 +258,23 @@ def sample_chunk(
         # iid entries: every layer of a member from ONE draw of standard variates (one call per
         # stream instead of one per layer), each layer's view then scaled by its own scale
         sizes = [math.prod(shape) for shape in spec.weight_shapes]
-        flat = torch.empty((r, sum(sizes)), **kw)
+        flat = empty("weights", (r, sum(sizes)))
         offsets = np.cumsum([0, *sizes[:-1]]).tolist()
         weights = [flat[:, o : o + n].view(r, *shape)
                    for o, n, shape in zip(offsets, sizes, spec.weight_shapes, strict=True)]
     else:
-        weights = [torch.empty((r, *shape), **kw) for shape in spec.weight_shapes]
-    biases = [torch.empty((r, n), **kw) for n in spec.widths[1:]] if spec.bias_std > 0 else None
-    x0 = torch.empty((r, spec.batch, spec.widths[0], *spec.spatial), **kw)
-    cot = torch.empty((r, spec.batch, spec.widths[-1], *spec.spatial), **kw)
+        weights = [empty(f"weight{l}", (r, *shape)) for l, shape in enumerate(spec.weight_shapes)]
+    biases = ([empty(f"bias{l}", (r, n)) for l, n in enumerate(spec.widths[1:])]
+              if spec.bias_std > 0 else None)
+    x0 = empty("x0", (r, spec.batch, spec.widths[0], *spec.spatial))
+    cot = empty("cotangent", (r, spec.batch, spec.widths[-1], *spec.spatial))
+
+    # one scale for every layer (square stacks): drawn at that scale, no separate scaling pass
+    common = forms[0][1] if flat is not None and len({f[1] for f in forms}) == 1 else None
 
     def fill(sl: slice, g: torch.Generator) -> None:
         if flat is not None:
-            draw_(flat[sl], forms[0][0], generator=g)
+            draw_(flat[sl], forms[0][0], 1.0 if common is None else common, generator=g)
         else:
             for W in weights:
                 init_(W[sl], spec.scheme, generator=g, **init_kwargs)
@@ -264,7 +284,7 @@ def sample_chunk(
         cot[sl].normal_(generator=g)
 
     _fill(_streams(r, generator), fill)
-    if flat is not None:
+    if flat is not None and common is None:
         for W, (_, scale) in zip(weights, forms, strict=True):
             W.mul_(scale)
     return weights, biases, x0, cot
@@ -290,7 +310,10 @@ def draw_inputs(spec: Spec, r: int, generator: Generators) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(spec: Spec, progress: bool = True) -> Measurement:
-    """Run the whole ensemble of spec.replicates networks in chunks; statistics per replicate."""
+    """Run the whole ensemble of spec.replicates networks in chunks; statistics per replicate.
+
+    The chunks' tensors come from this thread's `harness.workspace` (kept for the next run;
+    `harness.workspace.release()` frees it)."""
     start = time.perf_counter()
     size = chunk_size(spec)
     n_chunks = math.ceil(spec.replicates / size)
@@ -302,16 +325,19 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
         bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False)
     act = spec.activation
     run = functools.partial(conv.propagate, padding_mode=spec.padding_mode) if spec.is_conv else propagate
+    # the MLP path reuses this thread's buffers from run to run (harness.workspace)
+    ws = workspace.current()
+    kw = {} if spec.is_conv else {"workspace": ws}
     calibrations, spectra = [], []
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
         generator = replicate_generators(spec, c * size, r)
-        weights, biases, x0, cot = sample_chunk(spec, r, generator)
+        weights, biases, x0, cot = sample_chunk(spec, r, generator, ws)
         if spec.scheme == "lsuv":  # rescale the weights on a fresh calibration batch
             from . import lsuv
 
             calibrations.append(lsuv.calibrate_spec(spec, weights, biases, generator))
-        parts.append(run(weights, biases, x0, cot, act, tick=bar.update if bar else None))
+        parts.append(run(weights, biases, x0, cot, act, tick=bar.update if bar else None, **kw))
         if spec.jacobian:
             jac, eig = jacobian.propagate(weights, biases, x0[:, : spec.jacobian], act,
                                           spectrum=True)

@@ -275,14 +275,25 @@ def test_selu_fixed_point():
 
 
 @pytest.mark.parametrize("act", ACTS, ids=_act_id)
-def test_in_place_phi_and_compact_dphi_agree_with_phi_and_dphi(act):
-    """The runner's fast forms: phi_ (in place where torch has it) and dphi_factor (relu's bool
-    mask, linear's None for φ' ≡ 1) must act exactly as phi and dphi do."""
+def test_in_place_phi_agrees_with_phi(act):
+    """The runner's fast form phi_ (in place where torch has it) acts exactly as phi does."""
     name, params = act
     a = get(name, **params)
     x = _points(name, params)
     torch.testing.assert_close(a.phi_(x.clone()), a.phi(x), rtol=0, atol=0)
-    delta = torch.linspace(-2, 3, x.numel(), dtype=x.dtype).reshape(x.shape)
-    factor = a.dphi_factor(x)
-    got = delta if factor is None else delta * factor
-    torch.testing.assert_close(got, delta * a.dphi(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("act", [*ACTS, ("leaky_relu", {"negative_slope": -0.5}),
+                                 ("elu", {"alpha": -0.3}), ("elu", {"alpha": 0.0})], ids=_act_id)
+def test_fused_backward_equals_delta_times_dphi(act):
+    """Activation.backward_ (torch's fused backward kernels, from φ(h) or h as the entry says)
+    is δ ⊙ φ'(h) with the registry's own φ', at 0 and past softplus's threshold included."""
+    name, params = act
+    a = get(name, **params)
+    h = torch.cat([_points(name, params), torch.tensor([0.0, 0.0, 25.0, -25.0],
+                                                       dtype=torch.float64)])
+    d = torch.randn(h.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    saved = a.phi_(h.clone()) if a.saves_output else h.clone()
+    got = a.backward_(d.clone(), saved)
+    # φ' = 1 − y² near y = ±1 cancels: compare on the scale of δ (|δ| ~ 1, max φ' ~ 1)
+    torch.testing.assert_close(got, d * a.dphi(h), rtol=1e-12, atol=1e-15)
