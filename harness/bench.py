@@ -15,7 +15,11 @@ For each configuration of a grid it measures, in one process on one machine:
       random numbers = Σ_l R·n_{l-1}·n_l  (+ inputs, cotangents, biases);
 
 and reports speedup = t_naive / t_harness, roofline fraction = t_roof / t_harness and the peak
-memory of the harness run (CUDA: max_memory_allocated; CPU: peak resident-set growth, sampled).
+memory of the harness run (CUDA: max_memory_allocated; CPU: the larger of the sampled
+resident-set growth and the run's workspace). The limits are measured (best of several timings)
+before and after every configuration, and its roofline uses the higher rate of the two: on a
+shared machine the speed drifts by tens of percent within a minute, and a roofline from limits
+measured at another moment would be off by as much.
 The table is printed and written (with a figure) to `--out` (default results/bench/<time>/).
 """
 
@@ -36,6 +40,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import workspace
 from .cli import ArgumentParser, compose_config
 from .init import scheme as scheme_entry
 from .runner import measure
@@ -188,31 +193,42 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_time(fn: Callable[[], object], device: str, repeat: int = 3) -> float:
-    """Best wall time of `repeat` calls (after one warm-up call)."""
+def best_time(fn: Callable[[], object], device: str, repeat: int = 3, min_time: float = 0.0,
+              max_repeat: int = 50) -> float:
+    """Best wall time of at least `repeat` calls, more (up to `max_repeat`) until `min_time`
+    seconds have been spent timing (after one warm-up call)."""
     fn()
     _sync(device)
-    best = math.inf
-    for _ in range(repeat):
+    best, spent, n = math.inf, 0.0, 0
+    while n < repeat or (spent < min_time and n < max_repeat):
         t = time.perf_counter()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - t)
+        dt = time.perf_counter() - t
+        best, spent, n = min(best, dt), spent + dt, n + 1
     return best
 
 
-def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048) -> float:
-    """Measured FLOP/s of an n×n by n×n matmul (2n³ FLOPs)."""
+def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
+    """Measured FLOP/s of an n×n by n×n matmul (2n³ FLOPs), best of `repeat`."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / best_time(lambda: a @ b, device)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / best_time(lambda: torch.mm(a, b, out=out), device, repeat)
 
 
-def rng_rate(device: str, dtype: torch.dtype, n: int = 1 << 24) -> float:
-    """Measured normal random numbers per second drawn into one tensor from one generator."""
+def rng_rate(device: str, dtype: torch.dtype, n: int = 1 << 24, repeat: int = 5) -> float:
+    """Measured normal random numbers per second drawn into one tensor from one generator,
+    best of `repeat`."""
     g = torch.Generator(device=device).manual_seed(0)
     t = torch.empty(n, device=device, dtype=dtype)
-    return n / best_time(lambda: t.normal_(generator=g), device)
+    return n / best_time(lambda: t.normal_(generator=g), device, repeat)
+
+
+def measure_limits(device: str, dtype: torch.dtype) -> Limits:
+    """The machine's limits: the best matmul and random-number rates seen (best of several
+    timings each, so that a moment of contention on a shared machine does not lower them)."""
+    return Limits(matmul_peak(device, dtype), rng_rate(device, dtype))
 
 
 def workload(spec: Spec) -> tuple[float, float]:
@@ -260,7 +276,10 @@ class PeakRSS:
 
 
 def peak_memory(spec: Spec) -> int:
-    """Peak bytes of one harness run (CUDA allocator peak, or sampled RSS growth on the CPU)."""
+    """Peak bytes of one harness run from an empty `harness.workspace` (a first run in a fresh
+    process): the CUDA allocator's peak, or on the CPU the larger of the sampled RSS growth and
+    the bytes of the run's workspace."""
+    workspace.release()
     if spec.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         measure(spec, progress=False)
@@ -269,7 +288,9 @@ def peak_memory(spec: Spec) -> int:
         return -1
     with PeakRSS() as p:
         measure(spec, progress=False)
-    return p.peak
+    # the allocator may hand back memory freed earlier without the RSS growing; the run's own
+    # buffers (weights, saved activations, δ) are what its workspace now holds
+    return max(p.peak, workspace.current().nbytes())
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
@@ -278,22 +299,32 @@ class Limits:
     flops: float
     rng: float
 
+    def best(self, other: Limits) -> Limits:
+        """The higher of each rate (the stricter roofline)."""
+        return Limits(max(self.flops, other.flops), max(self.rng, other.rng))
 
-def bench_config(spec: Spec, limits: Limits, repeat: int, naive: bool = True) -> dict[str, object]:
+
+def bench_config(spec: Spec, limits: Limits, repeat: int, naive: bool = True,
+                 min_time: float = 0.0) -> dict[str, object]:
     """One row of the table: times, speedup, roofline fraction, peak memory."""
-    t_harness = best_time(lambda: measure(spec, progress=False), spec.device, repeat)
+    t_harness = best_time(lambda: measure(spec, progress=False), spec.device, repeat, min_time)
     t_naive = best_time(lambda: naive_measure(spec), spec.device, 1) if naive else math.nan
     flops, rand = workload(spec)
-    t_roof = flops / limits.flops + rand / limits.rng
     return {
         "arch": spec.arch, "depth": spec.depth, "width": spec.width, "batch": spec.batch,
         "replicates": spec.replicates, "act": spec.act, "scheme": spec.scheme,
         "device": spec.device, "dtype": spec.dtype,
-        "harness_s": t_harness, "naive_s": t_naive, "roofline_s": t_roof,
-        "speedup": t_naive / t_harness, "roofline_frac": t_roof / t_harness,
+        "harness_s": t_harness, "naive_s": t_naive,
+        "speedup": t_naive / t_harness, **roofline(flops, rand, t_harness, limits),
         "gflop": flops / 1e9, "mrand": rand / 1e6,
         "peak_mb": peak_memory(spec) / 2**20,
     }
+
+
+def roofline(flops: float, rand: float, t_harness: float, limits: Limits) -> dict[str, float]:
+    """t_roof = FLOPs / peak + random numbers / rate, and the fraction t_roof / t_harness."""
+    t_roof = flops / limits.flops + rand / limits.rng
+    return {"roofline_s": t_roof, "roofline_frac": t_roof / t_harness}
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -329,12 +360,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dtype", default="float32", help="float32 | float64")
     ap.add_argument("--quick", action="store_true", help="a two-point grid (for smoke tests)")
-    ap.add_argument("--repeat", type=int, default=2, help="timings per harness configuration")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="at least this many timings per harness configuration (the best counts)")
+    ap.add_argument("--min-time", type=float, default=None,
+                    help="and more, up to 50, until this many seconds are spent timing it "
+                         "(default 3; 0 with --quick)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     ap.add_argument("--out", default=None, help="output folder (default results/bench/<time>)")
     args = ap.parse_args(argv)
 
     grid = QUICK_GRID if args.quick else DEFAULT_GRID
+    if args.min_time is None:
+        args.min_time = 0.0 if args.quick else 3.0
     try:
         specs = [
             Spec.from_config(compose_config([
@@ -348,17 +385,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     device, dtype = specs[0].device, specs[0].torch_dtype
-    limits = Limits(matmul_peak(device, dtype), rng_rate(device, dtype))
-    print(f"machine: {torch.get_num_threads()} threads on {device}; matmul "
-          f"{limits.flops / 1e9:.1f} GFLOP/s, normal RNG {limits.rng / 1e6:.0f} M/s ({args.dtype})")
+    print(f"machine: {torch.get_num_threads()} threads on {device} ({args.dtype}); the limits are "
+          f"measured before and after each configuration")
     rows = []
+    before = measure_limits(device, dtype)
     for spec in specs:
-        rows.append(bench_config(spec, limits, args.repeat, naive=not args.no_naive))
-        r = rows[-1]
+        r = bench_config(spec, before, args.repeat, naive=not args.no_naive,
+                         min_time=args.min_time)
+        # on a shared machine the speed drifts: each configuration's roofline uses the best
+        # rates measured right before and right after it (the strictest of the two)
+        after = measure_limits(device, dtype)
+        limits = before.best(after)
+        r.update(roofline(r["gflop"] * 1e9, r["mrand"] * 1e6, r["harness_s"], limits),
+                 peak_flops=limits.flops, rng_rate=limits.rng)
+        rows.append(r)
+        before = after
         print(f"  depth {r['depth']:>3} width {r['width']:>4} batch {r['batch']:>3} replicates "
               f"{r['replicates']:>2}: harness {r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
-              f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%}", flush=True)
-    df = pd.DataFrame(rows).assign(peak_flops=limits.flops, rng_rate=limits.rng)
+              f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%} (matmul "
+              f"{limits.flops / 1e9:.0f} GFLOP/s, RNG {limits.rng / 1e6:.0f} M/s)", flush=True)
+    df = pd.DataFrame(rows)
     print(format_table(df))
     out = Path(args.out or Path("results") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     out.mkdir(parents=True, exist_ok=True)
