@@ -16,10 +16,12 @@ For each configuration of a grid it measures, in one process on one machine:
 
 and reports speedup = t_naive / t_harness, roofline fraction = t_roof / t_harness and the peak
 memory of the harness run (CUDA: max_memory_allocated; CPU: the larger of the sampled
-resident-set growth and the run's workspace). The limits are measured (best of several timings)
-before and after every configuration, and its roofline uses the higher rate of the two: on a
-shared machine the speed drifts by tens of percent within a minute, and a roofline from limits
-measured at another moment would be off by as much.
+resident-set growth and the run's workspace). The limits are probed between the harness's timed
+runs of each configuration (`LimitProbe`: one 2048² matmul and one 16M-number fill after each
+run, the best of each kept), so both are timed in the same window: on a shared machine the speed
+drifts by tens of percent within seconds, and a roofline from limits measured at another moment
+would be off by as much. Every time is the best of at least `--repeat` runs and `--min-time`
+seconds.
 The table is printed and written (with a figure) to `--out` (default results/bench/<time>/).
 """
 
@@ -193,42 +195,54 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_time(fn: Callable[[], object], device: str, repeat: int = 3, min_time: float = 0.0,
-              max_repeat: int = 50) -> float:
-    """Best wall time of at least `repeat` calls, more (up to `max_repeat`) until `min_time`
-    seconds have been spent timing (after one warm-up call)."""
+def best_time(fn: Callable[[], object], device: str, repeat: int = 3) -> float:
+    """Best wall time of `repeat` calls (after one warm-up call)."""
     fn()
     _sync(device)
-    best, spent, n = math.inf, 0.0, 0
-    while n < repeat or (spent < min_time and n < max_repeat):
+    best = math.inf
+    for _ in range(repeat):
         t = time.perf_counter()
         fn()
         _sync(device)
-        dt = time.perf_counter() - t
-        best, spent, n = min(best, dt), spent + dt, n + 1
+        best = min(best, time.perf_counter() - t)
     return best
 
 
-def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
-    """Measured FLOP/s of an n×n by n×n matmul (2n³ FLOPs), best of `repeat`."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / best_time(lambda: torch.mm(a, b, out=out), device, repeat)
+class LimitProbe:
+    """The machine's limits, timed in the same window as the harness: one n×n matmul (2n³
+    FLOPs) and one fill of m normal numbers from one generator per `sample()`; `limits` holds
+    the best rates seen since `reset()`. Interleaving the probe with the harness's timings puts
+    both under the same conditions on a shared machine, where the speed drifts by tens of
+    percent within seconds."""
 
+    def __init__(self, device: str, dtype: torch.dtype, n: int = 2048, m: int = 1 << 24):
+        self.device, self.n, self.m = device, n, m
+        self.a = torch.randn(n, n, device=device, dtype=dtype)
+        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        self.out = torch.empty(n, n, device=device, dtype=dtype)
+        self.noise = torch.empty(m, device=device, dtype=dtype)
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.reset()
+        self.sample()  # warm up
+        self.reset()
 
-def rng_rate(device: str, dtype: torch.dtype, n: int = 1 << 24, repeat: int = 5) -> float:
-    """Measured normal random numbers per second drawn into one tensor from one generator,
-    best of `repeat`."""
-    g = torch.Generator(device=device).manual_seed(0)
-    t = torch.empty(n, device=device, dtype=dtype)
-    return n / best_time(lambda: t.normal_(generator=g), device, repeat)
+    def reset(self) -> None:
+        self.t_mm = self.t_rng = math.inf
 
+    def _time(self, fn: Callable[[], object]) -> float:
+        _sync(self.device)
+        t = time.perf_counter()
+        fn()
+        _sync(self.device)
+        return time.perf_counter() - t
 
-def measure_limits(device: str, dtype: torch.dtype) -> Limits:
-    """The machine's limits: the best matmul and random-number rates seen (best of several
-    timings each, so that a moment of contention on a shared machine does not lower them)."""
-    return Limits(matmul_peak(device, dtype), rng_rate(device, dtype))
+    def sample(self) -> None:
+        self.t_mm = min(self.t_mm, self._time(lambda: torch.mm(self.a, self.b, out=self.out)))
+        self.t_rng = min(self.t_rng, self._time(lambda: self.noise.normal_(generator=self.gen)))
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(2 * self.n**3 / self.t_mm, self.m / self.t_rng)
 
 
 def workload(spec: Spec) -> tuple[float, float]:
@@ -299,26 +313,44 @@ class Limits:
     flops: float
     rng: float
 
-    def best(self, other: Limits) -> Limits:
-        """The higher of each rate (the stricter roofline)."""
-        return Limits(max(self.flops, other.flops), max(self.rng, other.rng))
 
 
-def bench_config(spec: Spec, limits: Limits, repeat: int, naive: bool = True,
+def bench_config(spec: Spec, probe: LimitProbe, repeat: int, naive: bool = True,
                  min_time: float = 0.0) -> dict[str, object]:
-    """One row of the table: times, speedup, roofline fraction, peak memory."""
-    t_harness = best_time(lambda: measure(spec, progress=False), spec.device, repeat, min_time)
+    """One row of the table: times, speedup, roofline fraction (from the limits probed between
+    the harness's timings), peak memory."""
+    probe.reset()
+    t_harness = _best_interleaved(spec, probe, repeat, min_time)
     t_naive = best_time(lambda: naive_measure(spec), spec.device, 1) if naive else math.nan
     flops, rand = workload(spec)
+    limits = probe.limits
     return {
         "arch": spec.arch, "depth": spec.depth, "width": spec.width, "batch": spec.batch,
         "replicates": spec.replicates, "act": spec.act, "scheme": spec.scheme,
         "device": spec.device, "dtype": spec.dtype,
         "harness_s": t_harness, "naive_s": t_naive,
         "speedup": t_naive / t_harness, **roofline(flops, rand, t_harness, limits),
+        "peak_flops": limits.flops, "rng_rate": limits.rng,
         "gflop": flops / 1e9, "mrand": rand / 1e6,
         "peak_mb": peak_memory(spec) / 2**20,
     }
+
+
+def _best_interleaved(spec: Spec, probe: LimitProbe, repeat: int, min_time: float,
+                      max_repeat: int = 50) -> float:
+    """Best time of `measure(spec)` over at least `repeat` calls, more (up to `max_repeat`)
+    until `min_time` seconds of it; after each call the probe samples the limits once."""
+    measure(spec, progress=False)  # warm up (the workspace grows to this size)
+    best, spent, n = math.inf, 0.0, 0
+    while n < repeat or (spent < min_time and n < max_repeat):
+        _sync(spec.device)
+        t = time.perf_counter()
+        measure(spec, progress=False)
+        _sync(spec.device)
+        dt = time.perf_counter() - t
+        best, spent, n = min(best, dt), spent + dt, n + 1
+        probe.sample()
+    return best
 
 
 def roofline(flops: float, rand: float, t_harness: float, limits: Limits) -> dict[str, float]:
@@ -386,20 +418,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     device, dtype = specs[0].device, specs[0].torch_dtype
     print(f"machine: {torch.get_num_threads()} threads on {device} ({args.dtype}); the limits are "
-          f"measured before and after each configuration")
+          f"probed between the harness's timings of each configuration")
+    probe = LimitProbe(device, dtype)
     rows = []
-    before = measure_limits(device, dtype)
     for spec in specs:
-        r = bench_config(spec, before, args.repeat, naive=not args.no_naive,
-                         min_time=args.min_time)
-        # on a shared machine the speed drifts: each configuration's roofline uses the best
-        # rates measured right before and right after it (the strictest of the two)
-        after = measure_limits(device, dtype)
-        limits = before.best(after)
-        r.update(roofline(r["gflop"] * 1e9, r["mrand"] * 1e6, r["harness_s"], limits),
-                 peak_flops=limits.flops, rng_rate=limits.rng)
+        r = bench_config(spec, probe, args.repeat, naive=not args.no_naive, min_time=args.min_time)
+        limits = probe.limits
         rows.append(r)
-        before = after
         print(f"  depth {r['depth']:>3} width {r['width']:>4} batch {r['batch']:>3} replicates "
               f"{r['replicates']:>2}: harness {r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
               f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%} (matmul "

@@ -100,3 +100,16 @@ def test_bench_quick_end_to_end(run_cli, tmp_path):
 def test_bench_bad_device_is_one_line(run_cli):
     res = run_cli("--quick", "--dtype", "float16", module="harness.bench")
     assert res.returncode == 2 and res.stderr.strip().startswith("error: unknown dtype")
+
+
+def test_limit_probe_keeps_the_best_rates_since_reset():
+    from harness.bench import LimitProbe
+
+    probe = LimitProbe("cpu", torch.float32, n=64, m=1 << 12)
+    probe.sample()
+    assert probe.limits.flops > 0 and probe.limits.rng > 0
+    probe.t_mm, probe.t_rng = 1e-9, 1e-9  # as if a moment had been impossibly fast
+    probe.sample()  # a real (slower) sample must not replace the best times
+    assert probe.limits.flops == 2 * 64**3 / 1e-9 and probe.limits.rng == (1 << 12) / 1e-9
+    probe.reset()
+    assert math.isinf(probe.t_mm) and math.isinf(probe.t_rng)
