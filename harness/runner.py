@@ -95,7 +95,7 @@ def propagate(
         weight_grad = mean_b[mean_i (δ^l_bi)² · mean_j (x^{l-1}_bj)²],
         correlation = mean_{a≠b} cos(h^l_a, h^l_b) (only when B ≥ 2).
 
-    With a `workspace` the activation buffers and the saved φ' come from it (reused memory;
+    With a `workspace` the saved activations and the δ buffers come from it (reused memory;
     `harness.workspace`), else they are allocated here.
     """
     L = len(weights)
