@@ -63,7 +63,7 @@ class ActivationKind:
     #: φ in place (overwrites its argument), where torch has it; saves the runner an allocation
     phi_: Fn | None = None
     #: torch's fused backward kernel, f(δ, saved, out, **p) writing δ ⊙ φ'(h) into out, where
-    #: saved is φ(h) if `saves_output(**p)` else h (None: δ ⊙ dphi(h); linear: φ' ≡ 1, a no-op)
+    #: saved is φ(h) if `saves_output(**p)` else h (None: δ ⊙ dphi(h))
     backward: Callable[..., torch.Tensor] | None = None
     #: whether `backward` reads φ's output (then φ may run in place); a function of the params
     saves_output: Callable[..., bool] = lambda **p: False
@@ -102,8 +102,6 @@ class Activation:
     def backward_(self, delta: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
         """δ ← δ ⊙ φ'(h) in place, `saved` = φ(h) if `saves_output` else h: torch's own fused
         backward kernel (one pass, no φ' tensor), or δ·dphi(h) where torch has none."""
-        if self.name == "linear":
-            return delta
         if self.kind.backward is not None:
             return self.kind.backward(delta, saved, delta, **self.params)
         return delta.mul_(self.dphi(saved))
@@ -221,6 +219,7 @@ REGISTRY: dict[str, ActivationKind] = {
             C_closed=lambda q, c: q * c,
             gain_name="linear",
             phi_=lambda x: x,
+            backward=lambda d, x, out: d,  # φ' ≡ 1: nothing to apply
             doc="φ(x) = x; V = q, D = 1",
         ),
         ActivationKind(

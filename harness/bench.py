@@ -195,16 +195,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_time(fn: Callable[[], object], device: str, repeat: int = 3) -> float:
-    """Best wall time of `repeat` calls (after one warm-up call)."""
+def best_time(fn: Callable[[], object], device: str, repeat: int = 3, min_time: float = 0.0,
+              between: Callable[[], object] | None = None, max_repeat: int = 50) -> float:
+    """Best wall time of at least `repeat` calls, more (up to `max_repeat`) until `min_time`
+    seconds of them, after one warm-up call; `between` runs after each timed call, untimed."""
     fn()
-    _sync(device)
-    best = math.inf
-    for _ in range(repeat):
+    best, spent, n = math.inf, 0.0, 0
+    while n < repeat or (spent < min_time and n < max_repeat):
+        _sync(device)
         t = time.perf_counter()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - t)
+        dt = time.perf_counter() - t
+        best, spent, n = min(best, dt), spent + dt, n + 1
+        if between is not None:
+            between()
     return best
 
 
@@ -314,13 +319,13 @@ class Limits:
     rng: float
 
 
-
 def bench_config(spec: Spec, probe: LimitProbe, repeat: int, naive: bool = True,
                  min_time: float = 0.0) -> dict[str, object]:
     """One row of the table: times, speedup, roofline fraction (from the limits probed between
     the harness's timings), peak memory."""
-    probe.reset()
-    t_harness = _best_interleaved(spec, probe, repeat, min_time)
+    probe.reset()  # the limits are probed after each timed run: the same window as the harness
+    t_harness = best_time(lambda: measure(spec, progress=False), spec.device, repeat, min_time,
+                          between=probe.sample)
     t_naive = best_time(lambda: naive_measure(spec), spec.device, 1) if naive else math.nan
     flops, rand = workload(spec)
     limits = probe.limits
@@ -334,23 +339,6 @@ def bench_config(spec: Spec, probe: LimitProbe, repeat: int, naive: bool = True,
         "gflop": flops / 1e9, "mrand": rand / 1e6,
         "peak_mb": peak_memory(spec) / 2**20,
     }
-
-
-def _best_interleaved(spec: Spec, probe: LimitProbe, repeat: int, min_time: float,
-                      max_repeat: int = 50) -> float:
-    """Best time of `measure(spec)` over at least `repeat` calls, more (up to `max_repeat`)
-    until `min_time` seconds of it; after each call the probe samples the limits once."""
-    measure(spec, progress=False)  # warm up (the workspace grows to this size)
-    best, spent, n = math.inf, 0.0, 0
-    while n < repeat or (spent < min_time and n < max_repeat):
-        _sync(spec.device)
-        t = time.perf_counter()
-        measure(spec, progress=False)
-        _sync(spec.device)
-        dt = time.perf_counter() - t
-        best, spent, n = min(best, dt), spent + dt, n + 1
-        probe.sample()
-    return best
 
 
 def roofline(flops: float, rand: float, t_harness: float, limits: Limits) -> dict[str, float]:
@@ -423,12 +411,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for spec in specs:
         r = bench_config(spec, probe, args.repeat, naive=not args.no_naive, min_time=args.min_time)
-        limits = probe.limits
         rows.append(r)
         print(f"  depth {r['depth']:>3} width {r['width']:>4} batch {r['batch']:>3} replicates "
               f"{r['replicates']:>2}: harness {r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
               f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%} (matmul "
-              f"{limits.flops / 1e9:.0f} GFLOP/s, RNG {limits.rng / 1e6:.0f} M/s)", flush=True)
+              f"{r['peak_flops'] / 1e9:.0f} GFLOP/s, RNG {r['rng_rate'] / 1e6:.0f} M/s)", flush=True)
     df = pd.DataFrame(rows)
     print(format_table(df))
     out = Path(args.out or Path("results") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))

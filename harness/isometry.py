@@ -27,12 +27,7 @@ import pandas as pd
 from . import activations, jacobian
 from .init import scheme as scheme_entry
 from .plots import plt
-from .results import JACOBIAN
-
-
-def _pivot(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray:
-    d = run[run["quantity"] == quantity]
-    return d.pivot(index="replicate", columns="layer", values=column).to_numpy(dtype=np.float64)
+from .results import JACOBIAN, layer_matrix
 
 
 def paper_slope(act: activations.Activation, scheme: str, q: float) -> float:
@@ -47,9 +42,8 @@ def spectrum(run_dir: str | Path) -> np.ndarray:
     divided by its own Jacobian's mean m_1 (so every spectrum has mean 1): flat array."""
     d = pd.read_parquet(Path(run_dir) / JACOBIAN, columns=["replicate", "input", "value"])
     m1 = d.groupby(["replicate", "input"])["value"].transform("mean")
-    lam = d["value"].clip(lower=0.0)  # eigvalsh's rounding leaves exact zeros (relu) at ±1e-7
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (lam / m1).to_numpy(dtype=np.float64)
+        return (d["value"] / m1).to_numpy(dtype=np.float64)
 
 
 def _sigma_w2(spec: dict) -> float:
@@ -74,12 +68,12 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         if not spec.get("jacobian"):
             raise ValueError(f"{run_dir}: needs jacobian > 0 (the Jacobian was not measured)")
         act = activations.get(spec["act"], **spec["act_params"])
-        V, tV = _pivot(run, "jacobian_rel_var"), _pivot(run, "jacobian_rel_var", "theory")[0]
-        M, tM = _pivot(run, "jacobian_mean"), _pivot(run, "jacobian_mean", "theory")[0]
+        V, tV = layer_matrix(run, "jacobian_rel_var"), layer_matrix(run, "jacobian_rel_var", "theory")[0]
+        M, tM = layer_matrix(run, "jacobian_mean"), layer_matrix(run, "jacobian_mean", "theory")[0]
         R, L = V.shape
         layers = np.arange(1, L + 1, dtype=np.float64)
         b = np.polyfit(layers, V.T, 1)[0] if L >= 2 else np.full(R, np.nan)
-        q = crit.get("q_star") or float(_pivot(run, "forward", "theory")[0][-1])
+        q = crit.get("q_star") or float(layer_matrix(run, "forward", "theory")[0][-1])
         lam = spectrum(run_dir)
         rows.append({
             "label": label(spec), "act": spec["act"], "scheme": spec["scheme"],
@@ -116,7 +110,7 @@ def figure(df: pd.DataFrame, rows: pd.DataFrame):
     bins = np.geomspace(FLOOR, hi, 60)
     for i, (r, lam) in enumerate(zip(rows.itertuples(), lam_all, strict=True)):
         run = df[df["run_dir"] == r.run_dir]
-        V, tV = _pivot(run, "jacobian_rel_var"), _pivot(run, "jacobian_rel_var", "theory")[0]
+        V, tV = layer_matrix(run, "jacobian_rel_var"), layer_matrix(run, "jacobian_rel_var", "theory")[0]
         layers = np.arange(1, V.shape[1] + 1)
         col = f"C{i % 10}"
         axes[0].errorbar(layers, V.mean(0), yerr=V.std(0, ddof=1) / math.sqrt(len(V)), fmt="o",

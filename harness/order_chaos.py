@@ -24,13 +24,9 @@ import numpy as np
 import pandas as pd
 
 from .plots import plt
+from .results import layer_matrix
 
 GAP_MIN = 0.05  # fit window: layers whose mean-field |c^l − c*| ≥ this (well above the noise)
-
-
-def _pivot(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray:
-    d = run[run["quantity"] == quantity]
-    return d.pivot(index="replicate", columns="layer", values=column).to_numpy(dtype=np.float64)
 
 
 def _slopes(y: np.ndarray, layers: np.ndarray) -> np.ndarray:
@@ -47,8 +43,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         if spec["scheme"] != "meanfield" or spec["batch"] < 2:
             raise ValueError(f"{run_dir}: needs scheme meanfield and batch ≥ 2")
         R = spec["replicates"]
-        F, B, C = _pivot(run, "forward"), _pivot(run, "backward"), _pivot(run, "correlation")
-        tB, tC = _pivot(run, "backward", "theory")[0], _pivot(run, "correlation", "theory")[0]
+        F, B, C = (layer_matrix(run, q) for q in ("forward", "backward", "correlation"))
+        tB, tC = layer_matrix(run, "backward", "theory")[0], layer_matrix(run, "correlation", "theory")[0]
         layers = np.arange(1, F.shape[1] + 1, dtype=np.float64)
         logF = np.log(F[:, -1])
         b = _slopes(np.log(B), layers)
@@ -87,8 +83,8 @@ def figure(df: pd.DataFrame, rows: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), constrained_layout=True)
     for i, r in enumerate(rows.itertuples()):
         run = df[df["run_dir"] == r.run_dir]
-        C, tC = _pivot(run, "correlation"), _pivot(run, "correlation", "theory")[0]
-        F, tF = _pivot(run, "forward"), _pivot(run, "forward", "theory")[0]
+        C, tC = layer_matrix(run, "correlation"), layer_matrix(run, "correlation", "theory")[0]
+        F, tF = layer_matrix(run, "forward"), layer_matrix(run, "forward", "theory")[0]
         layers = np.arange(1, C.shape[1] + 1)
         col = f"C{i % 10}"
         xi = "∞" if r.xi_c is None or (isinstance(r.xi_c, float) and math.isnan(r.xi_c)) else f"{r.xi_c:.3g}"

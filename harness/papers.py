@@ -32,7 +32,7 @@ import pandas as pd
 from . import finite_width, hanin, isometry, order_chaos
 from .cli import ArgumentParser
 from .plots import plt
-from .results import atomic_write_bytes, load
+from .results import atomic_write_bytes, layer_matrix, load
 
 
 def log_slopes(values: np.ndarray) -> np.ndarray:
@@ -66,10 +66,9 @@ def expected_bias(run: pd.DataFrame, meta: dict[str, Any]) -> float:
 
 
 def _per_layer(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray | None:
-    d = run[run["quantity"] == quantity]
-    if d.empty:
+    if not (run["quantity"] == quantity).any():
         return None
-    return d.pivot(index="replicate", columns="layer", values=column).to_numpy(dtype=np.float64)
+    return layer_matrix(run, quantity, column)
 
 
 def label(meta: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ import pandas as pd
 from . import activations
 from .cli import ArgumentParser
 from .plots import plt
-from .results import atomic_write_bytes, load, write_parquet
+from .results import atomic_write_bytes, layer_matrix, load, write_parquet
 
 
 def boundary(act: activations.Activation, q: np.ndarray | None = None) -> pd.DataFrame:
@@ -63,13 +63,13 @@ def grid(path: str | Path) -> tuple[pd.DataFrame, str, dict[str, object]]:
         if spec["scheme"] != "meanfield":
             raise ValueError(f"{run_dir}: scheme {spec['scheme']}; the phase diagram needs meanfield")
         acts.add((spec["act"], json.dumps(spec["act_params"], sort_keys=True)))
-        b = d[d["quantity"] == "backward"].pivot(index="replicate", columns="layer", values="value")
+        b = layer_matrix(d, "backward")
         crit = meta.get("criticality", {})
         sizes = {"depth": spec["depth"], "width": spec["width"], "replicates": spec["replicates"]}
         rows.append({
             "sigma_w2": spec["scheme_params"]["sigma_w2"],
             "sigma_b2": spec["scheme_params"]["sigma_b2"],
-            "growth": gradient_growth(b.to_numpy()),
+            "growth": gradient_growth(b),
             "chi_1": np.nan if crit.get("chi_1") is None else float(crit["chi_1"]),
             "phase": crit.get("phase", "n/a"),
             "run_dir": run_dir,

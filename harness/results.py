@@ -68,6 +68,13 @@ def to_frame(
     return df[[*cols, "layer", "replicate", "quantity", "value", "theory"]]
 
 
+def layer_matrix(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray:
+    """One run's `quantity` as a (replicates, layers) float64 array of `column` (value or
+    theory), rows by replicate and columns by layer."""
+    d = run[run["quantity"] == quantity]
+    return d.pivot(index="replicate", columns="layer", values=column).to_numpy(dtype=np.float64)
+
+
 def _with_config(df: pd.DataFrame, spec: Spec) -> list[str]:
     """Add the run's config columns to df (in place, nullable dtypes); returns their names."""
     cols = spec.columns()
