@@ -6,12 +6,12 @@
     >>> m, th = measure(spec, progress=False), predict(spec)
 """
 
-from .activations import get as activation
-from .init import calculate_gain, init_
-from .results import load
-from .runner import measure
-from .spec import ConfigError, Spec
-from .theory import predict
+from harness.core.activations import get as activation
+from harness.core.init import calculate_gain, init_
+from harness.core.spec import ConfigError, Spec
+from harness.outputs.results import load
+from harness.sim.runner import measure
+from harness.theory.meanfield import predict
 
 __all__ = [
     "ConfigError",

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import activations, criticality
-from .cli import ArgumentParser
-from .init import calculate_gain
-from .quadrature import gaussian_expectation
-from .results import atomic_write_bytes, write_parquet
+from harness.cli import ArgumentParser
+from harness.core import activations
+from harness.core.init import calculate_gain
+from harness.core.quadrature import gaussian_expectation
+from harness.outputs.results import atomic_write_bytes, write_parquet
+from harness.theory import criticality
 
 COLUMNS = ["act", "torch_gain", "torch_gain_known", "forward_exact_gain", "backward_exact_gain",
            "inv_std_gain", "q_star", "chi_1", "note"]

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import activations
-from .cli import ArgumentParser
-from .plots import plt
-from .results import atomic_write_bytes, layer_matrix, load, write_parquet
+from harness.cli import ArgumentParser
+from harness.core import activations
+from harness.outputs.plots import plt
+from harness.outputs.results import atomic_write_bytes, layer_matrix, load, write_parquet
 
 
 def boundary(act: activations.Activation, q: np.ndarray | None = None) -> pd.DataFrame:

@@ -23,8 +23,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import cli, conv_theory, criticality, finite_width, jacobian, launchers, lsuv, plots, summary, sweep
-from .results import (
+from harness import cli
+from harness.archs import conv_theory
+from harness.cli import launchers, sweep
+from harness.core.spec import ConfigError, Spec
+from harness.outputs import plots, summary
+from harness.outputs.results import (
     JACOBIAN,
     METADATA,
     METRICS,
@@ -37,9 +41,10 @@ from .results import (
     write_json,
     write_parquet,
 )
-from .runner import measure
-from .spec import ConfigError, Spec
-from .theory import predict
+from harness.sim import jacobian, lsuv
+from harness.sim.runner import measure
+from harness.theory import criticality, finite_width
+from harness.theory.meanfield import predict
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ def _widths(spec: Spec) -> str:
     return str(spec.width) if spec.width is not None else "[" + ",".join(map(str, spec.widths)) + "]"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _task(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     command = " ".join(["python -m harness.run",

@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from harness.cli import compose_config, precheck
-from harness.spec import Spec
+from harness.core.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,8 @@
-"""The activation registry (harness.activations), checked against independent references.
+"""The activation registry (harness.core.activations), checked against independent references.
 
 - φ against formulas written here in numpy/scipy, and φ' against torch autograd of φ;
 - the closed forms V, D (linear, relu, leaky_relu) against quadrature of φ², φ'²
-  (harness.quadrature, itself checked against scipy in test_quadrature.py);
+  (harness.core.quadrature, itself checked against scipy in test_quadrature.py);
 - V(q), D(q) of every activation against seeded Monte-Carlo means of φ(z)², φ'(z)²,
   tolerance from the sample's standard error;
 - `get`: errors, parameter defaults (against torch.nn.functional's own defaults);
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from scipy import special
 
-from harness import activations
-from harness.activations import get
-from harness.quadrature import gaussian_expectation
+from harness.core import activations
+from harness.core.activations import get
+from harness.core.quadrature import gaussian_expectation
 
 # every registered activation at its defaults, plus non-default parameters
 ACTS = [(name, {}) for name in activations.NAMES] + [

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness import conv
+from harness.archs import conv
 from harness.bench import QUICK_GRID, naive_measure, naive_networks, workload
-from harness.runner import propagate
+from harness.sim.runner import propagate
 from tests.conftest import small_spec
 
 

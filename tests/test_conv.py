@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness import conv
-from harness.init import fans, init_, resolve_gain, tap_variances, weight_variance
-from harness.runner import bytes_per_replicate, chunk_size, measure, sample_chunk
+from harness.archs import conv
+from harness.core.init import fans, init_, resolve_gain, tap_variances, weight_variance
+from harness.sim.runner import bytes_per_replicate, chunk_size, measure, sample_chunk
 from tests.conftest import Phi, small_spec
 
 TINY = ["arch=conv", "depth=3", "widths=[2,3,4,3]", "image=5", "batch=3", "replicates=2",

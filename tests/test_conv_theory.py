@@ -10,9 +10,9 @@ from functools import cache
 import numpy as np
 import pytest
 
-from harness.conv_theory import position_maps, window_sum
-from harness.runner import measure
-from harness.theory import predict
+from harness.archs.conv_theory import position_maps, window_sum
+from harness.sim.runner import measure
+from harness.theory.meanfield import predict
 from tests.conftest import small_spec
 from tests.test_theory import z_crit
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from harness import activations
-from harness.activations import get
-from harness.quadrature import gaussian_expectation_2d
-from harness.runner import draw_inputs, mean_cosine, measure
-from harness.theory import predict
+from harness.core import activations
+from harness.core.activations import get
+from harness.core.quadrature import gaussian_expectation_2d
+from harness.sim.runner import draw_inputs, mean_cosine, measure
+from harness.theory.meanfield import predict
 from tests.conftest import small_spec
 from tests.test_activations import ACTS, KINKED, _act_id, _autograd_dphi, _points
 from tests.test_theory import z_crit

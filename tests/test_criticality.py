@@ -1,4 +1,4 @@
-"""q*, χ_1, ξ_q, c*, ξ_c (harness.criticality) against independent numerical evaluation and
+"""q*, χ_1, ξ_q, c*, ξ_c (harness.theory.criticality) against independent numerical evaluation and
 closed forms.
 
 The reference side uses only numpy/scipy: φ written in numpy, V and D by scipy's adaptive
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from harness.activations import get
-from harness.criticality import analyze, describe, for_spec
+from harness.core.activations import get
+from harness.theory.criticality import analyze, describe, for_spec
 from tests.conftest import small_spec
 
 NUMPY_PHI = {

@@ -1,4 +1,4 @@
-"""The finite-width band of the forward moment (harness.finite_width) against simulated networks.
+"""The finite-width band of the forward moment (harness.theory.finite_width) against simulated networks.
 
 - one input per network (batch 1): the second moment E[(F/q)²] = M_1 is exact, so the sample
   mean of (F/q)² over many networks must match exp(s²) within its standard error;
@@ -16,9 +16,9 @@ from functools import cache
 import numpy as np
 import pytest
 
-from harness import finite_width as fw
-from harness.runner import measure
-from harness.theory import predict
+from harness.sim.runner import measure
+from harness.theory import finite_width as fw
+from harness.theory.meanfield import predict
 from tests.conftest import small_spec
 from tests.test_theory import z_crit
 

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import activations, gains
+from harness import gains
+from harness.core import activations
 from tests.test_theory import z_crit
 
 N, B, R = 512, 64, 8

@@ -1,4 +1,4 @@
-"""harness.init checked against torch.nn.init and against the variance table of THEORY.md.
+"""harness.core.init checked against torch.nn.init and against the variance table of THEORY.md.
 
 - calculate_gain, fans: equal to torch.nn.init.calculate_gain / _calculate_fan_in_and_fan_out,
   same errors;
@@ -25,8 +25,8 @@ import pytest
 import torch
 from scipy import stats
 
-from harness import init as hinit
-from harness.init import (
+from harness.core import init as hinit
+from harness.core.init import (
     GAIN_NONLINEARITIES,
     calculate_gain,
     fans,

@@ -1,4 +1,4 @@
-"""The `jacobian` measurement (harness.jacobian): exact against autograd, theory in closed form
+"""The `jacobian` measurement (harness.sim.jacobian): exact against autograd, theory in closed form
 and against simulation, config errors, outputs.
 
 - J^l = ∂h^l/∂x^0 of every member at its inputs against torch.autograd.functional.jacobian of
@@ -20,12 +20,12 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from harness import jacobian
-from harness.activations import get
-from harness.results import JACOBIAN
+from harness.core.activations import get
+from harness.outputs.results import JACOBIAN
 from harness.run import execute
-from harness.runner import measure, sample_chunk
-from harness.theory import predict
+from harness.sim import jacobian
+from harness.sim.runner import measure, sample_chunk
+from harness.theory.meanfield import predict
 from tests.conftest import expect_one_line_error, small_spec
 
 ALPHA = 1e-3
@@ -116,7 +116,10 @@ def test_orthogonal_linear_network_is_an_exact_isometry():
     want = np.broadcast_to(1.3 ** (2 * np.arange(1, 7)), (3, 6))
     np.testing.assert_allclose(m.values["jacobian_mean"], want, rtol=1e-12)
     np.testing.assert_allclose(m.values["jacobian_rel_var"], 0.0, atol=1e-12)
-    np.testing.assert_allclose(p["jacobian_rel_var"], 0.0, atol=0)
+    # the prediction sums one float64 term per layer (μ_2/μ_1² − 1 ≈ 0 for φ = id, each from a
+    # quadrature rounded to a few ulps): the sum is zero up to ~depth·eps, not exactly
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(p["jacobian_rel_var"], 0.0, atol=4 * spec.depth * eps)
     np.testing.assert_allclose(m.info["jacobian_spectrum"], 1.3**12, rtol=1e-10)
 
 

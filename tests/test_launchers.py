@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import launchers
-from harness.cli import CONF_DIR, precheck
+from harness.cli import CONF_DIR, launchers, precheck
 
 needs_submitit = pytest.mark.skipif(
     not launchers.plugin_installed("hydra_plugins.hydra_submitit_launcher"),

@@ -10,7 +10,7 @@ import pytest
 
 from harness import load
 from harness.cli import compose_config
-from harness.results import METRICS, write_parquet
+from harness.outputs.results import METRICS, write_parquet
 from harness.run import execute
 
 SMALL = ["width=8", "batch=4", "replicates=2", "plot=false", "progress=false"]

@@ -6,7 +6,7 @@ Rates are per-layer geometric factors with their standard error over replicates
 (Bonferroni): a two-sided claim passes when |measured − expected| ≤ t·se with t the Student
 quantile at 1 − ALPHA/(2m) on R − 1 degrees of freedom; a one-sided claim (a rate is below or
 above 1) needs its estimate beyond t·se. Expected forward rates of the relu family include the
-finite-width bias of ln F (`bias_log_rate`, from `harness.finite_width`).
+finite-width bias of ln F (`bias_log_rate`, from `harness.theory.finite_width`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 from harness.cli import compose_config
-from harness.experiments import names
+from harness.cli.experiments import names
 from harness.papers import main as papers_main
 
 ALPHA = 0.01
@@ -198,7 +198,7 @@ def test_relu_layer_log_variance_matches_simulation():
     within z·se of a sample variance (se from the 4th moment), ALPHA two-sided."""
     import numpy as np
 
-    from harness.hanin import layer_log_variance
+    from harness.theory.hanin import layer_log_variance
 
     rng = np.random.default_rng(0)
     for n in (8, 32):

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import activations
 from harness.cli import compose_config, groups
-from harness.experiments import names
+from harness.cli.experiments import names
+from harness.core import activations
 from harness.phase import boundary, gradient_growth
 from harness.phase import main as phase_main
 
@@ -28,7 +28,7 @@ def test_experiment_composes_from_the_package(tmp_path, monkeypatch):
 
 
 def test_boundary_is_where_chi_1_is_one():
-    from harness.criticality import analyze
+    from harness.theory.criticality import analyze
 
     act = activations.get("tanh")
     curve = boundary(act, np.array([0.05, 0.5, 2.0]))

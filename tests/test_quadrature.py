@@ -1,4 +1,4 @@
-"""harness.quadrature.gaussian_expectation, checked against independent references.
+"""harness.core.quadrature.gaussian_expectation, checked against independent references.
 
 - every registered activation's φ² and φ'² (plus a few non-default parameters), at
   q ∈ {1e-3, 0.1, 1, 3, 10, 100}: against scipy.integrate.quad (adaptive QUADPACK) of
@@ -19,8 +19,8 @@ import pytest
 import torch
 from scipy import integrate
 
-from harness import activations
-from harness.quadrature import gaussian_expectation
+from harness.core import activations
+from harness.core.quadrature import gaussian_expectation
 
 QS = [1e-3, 0.1, 1.0, 3.0, 10.0, 100.0]
 

@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import compare, report, report_plots, sweep
-from harness.cli import compose_config
+from harness import report
+from harness.cli import compose_config, sweep
+from harness.report import compare
+from harness.report import figures as report_plots
 from harness.run import execute
 
 REPO = Path(__file__).resolve().parent.parent

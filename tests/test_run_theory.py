@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from harness.activations import get
 from harness.cli import compose_config
-from harness.criticality import analyze
+from harness.core.activations import get
 from harness.run import execute
+from harness.theory.criticality import analyze
 
 SMALL = ["depth=6", "width=32", "batch=8", "replicates=4", "progress=false"]
 

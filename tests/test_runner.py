@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness import activations
-from harness.runner import chunk_size, measure, propagate, sample_chunk
+from harness.core import activations
+from harness.sim.runner import chunk_size, measure, propagate, sample_chunk
 from tests.conftest import Phi, small_spec
 
 

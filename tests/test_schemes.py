@@ -29,12 +29,12 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from harness import init as hinit
-from harness import lsuv
-from harness.experiments import names
-from harness.init import SCHEMES, init_, weight_variance
-from harness.runner import measure, sample_chunk
-from harness.theory import predict
+from harness.cli.experiments import names
+from harness.core import init as hinit
+from harness.core.init import SCHEMES, init_, weight_variance
+from harness.sim import lsuv
+from harness.sim.runner import measure, sample_chunk
+from harness.theory.meanfield import predict
 from tests.conftest import expect_one_line_error, small_spec
 from tests.test_init import NAMES as TORCH_FAMILY_NAMES
 from tests.test_theory import z_crit
@@ -234,7 +234,7 @@ def test_lsuv_every_layer_within_tol_on_its_batch(bias_std):
 
 @pytest.mark.parametrize("act_name", ["relu", "tanh"])
 def test_lsuv_theory_matches_measurement(act_name):
-    """The mean-field LSUV gains (harness.lsuv) predict the calibrated networks on fresh inputs.
+    """The mean-field LSUV gains (harness.sim.lsuv) predict the calibrated networks on fresh inputs.
     The realized gains carry an O(1/n) Jensen bias per layer that compounds in the backward
     pass, so the width is large enough (256) for it to stay below the standard error."""
     spec = small_spec("scheme=lsuv", f"act={act_name}", "depth=8", "width=256", "batch=16",

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import launchers, load
-from harness.cli import compose_config, precheck
-from harness.launchers import plugin_installed
-from harness.results import FAULT_ENV, METRICS
+from harness import load
+from harness.cli import compose_config, launchers, precheck
+from harness.cli.launchers import plugin_installed
+from harness.outputs.results import FAULT_ENV, METRICS
 from harness.run import execute
 
 SMALL = ["width=8", "batch=4", "replicates=2", "plot=false", "progress=false"]

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from harness import sweep
-from harness.cli import compose_config
-from harness.results import METRICS
+from harness.cli import compose_config, sweep
+from harness.outputs.results import METRICS
 from harness.run import execute
 
 SMALL = ["depth=2", "width=8", "batch=4", "replicates=2", "plot=false", "progress=false"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from harness import activations
-from harness.runner import measure
-from harness.theory import predict, sigma_w2
+from harness.core import activations
+from harness.sim.runner import measure
+from harness.theory.meanfield import predict, sigma_w2
 from tests.conftest import small_spec
 
 # Family-wise false-positive rate of each statistical test below; the per-comparison threshold is

@@ -1,4 +1,4 @@
-"""harness.workspace: reused buffers change where tensors live, never what the runner computes."""
+"""harness.sim.workspace: reused buffers change where tensors live, never what the runner computes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import torch
 
-from harness import workspace
-from harness.runner import measure, propagate, replicate_generators, sample_chunk
-from harness.workspace import Workspace
+from harness.sim import workspace
+from harness.sim.runner import measure, propagate, replicate_generators, sample_chunk
+from harness.sim.workspace import Workspace
 from tests.conftest import small_spec
 
 

@@ -1,0 +1,432 @@
+"""`python -m harness.bench`: the batched runner against the naive loop and the machine's limits.
+
+For each configuration of a grid it measures, in one process on one machine:
+
+- the harness runner (`harness.sim.runner.measure`), best of `--repeat` timings;
+- the naive baseline a researcher writes without the harness (`naive_measure`): one
+  nn.Sequential per replicate, filled by the torch.nn.init function of the scheme, forward hooks
+  for the activation moments, tensor hooks for the gradient moments, parameters with
+  requires_grad as usual, one `.item()` per statistic;
+- the machine's limits: matmul throughput (FLOP/s) and random-number throughput (numbers/s with
+  one generator stream), which give a roofline time per configuration
+
+      t_roof = FLOPs / peak_flops + random_numbers / rng_rate,
+      FLOPs = Σ_l R·(2·B·n_{l-1}·n_l  [forward]  +  2·B·n_{l-1}·n_l  [δ^{l-1}, l > 1]),
+      random numbers = Σ_l R·n_{l-1}·n_l  (+ inputs, cotangents, biases);
+
+and reports speedup = t_naive / t_harness, roofline fraction = t_roof / t_harness and the peak
+memory of the harness run (CUDA: max_memory_allocated; CPU: the larger of the sampled
+resident-set growth and the run's workspace). The limits are probed between the harness's timed
+runs of each configuration (`LimitProbe`: one 2048² matmul and one 16M-number fill after each
+run, the best of each kept), so both are timed in the same window: on a shared machine the speed
+drifts by tens of percent within seconds, and a roofline from limits measured at another moment
+would be off by as much. Every time is the best of at least `--repeat` runs and `--min-time`
+seconds.
+The table is printed and written (with a figure) to `--out` (default results/bench/<time>/).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from harness.cli import ArgumentParser, compose_config
+from harness.core.init import scheme as scheme_entry
+from harness.core.spec import ConfigError, Spec
+from harness.sim import workspace
+from harness.sim.runner import measure
+
+#: (arch, depth, width, batch, replicates) of the default grid; conv: 3×3, 16×16 images
+DEFAULT_GRID = [
+    ("mlp", 50, 64, 64, 64),
+    ("mlp", 20, 64, 128, 64),
+    ("mlp", 20, 256, 128, 16),
+    ("mlp", 50, 256, 256, 8),
+    ("mlp", 100, 256, 256, 8),
+    ("mlp", 20, 1024, 256, 8),
+    ("conv", 20, 16, 32, 16),
+    ("conv", 20, 64, 32, 8),
+]
+QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2)]
+CONV_KEYS = ["kernel=3", "image=16"]
+
+
+# ---- the naive baseline -----------------------------------------------------------------------
+def _torch_init(spec: Spec) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """The torch.nn.init call a researcher would write for this scheme, for one weight."""
+    entry = scheme_entry(spec.scheme)
+    I = nn.init
+    if entry.family == "torch_default":
+        return lambda w, g: I.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
+    if entry.family == "kaiming":
+        fn = I.kaiming_uniform_ if entry.distribution == "uniform" else I.kaiming_normal_
+        # the gain is applied through calculate_gain(nonlinearity, a) exactly as the harness does
+        nl, a = spec.nonlinearity or "leaky_relu", spec.a or 0.0
+        if I.calculate_gain(nl, a) == spec.gain:
+            return lambda w, g: fn(w, a=a, mode=spec.mode, nonlinearity=nl, generator=g)
+        # an explicit gain: kaiming has none in torch; linear nonlinearity + scale
+        return lambda w, g: fn(w, mode=spec.mode, nonlinearity="linear", generator=g).mul_(spec.gain)
+    if entry.family == "xavier":
+        fn = I.xavier_uniform_ if entry.distribution == "uniform" else I.xavier_normal_
+        return lambda w, g: fn(w, gain=spec.gain, generator=g)
+    if entry.family == "orthogonal":
+        return lambda w, g: I.orthogonal_(w, gain=spec.gain, generator=g)
+    # no torch.nn.init function (Keras/JAX presets, meanfield, trunc_normal, ...): the same
+    # distribution drawn for this one weight
+    from harness.core.init import init_
+
+    return lambda w, g: init_(w.unsqueeze(0), spec.scheme, generator=g, **spec.init_kwargs())
+
+
+class _Phi(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def naive_networks(spec: Spec, generator: torch.Generator) -> list[nn.Sequential]:
+    """One nn.Sequential of nn.Linear or nn.Conv{1,2}d (+ activation) per replicate, initialized
+    by torch.nn.init."""
+    init = _torch_init(spec)
+    act = spec.activation
+    nets = []
+    for _ in range(spec.replicates):
+        layers: list[nn.Module] = []
+        for l, (n_out, n_in, *k) in enumerate(spec.weight_shapes):
+            if spec.is_conv:
+                conv = nn.Conv1d if spec.conv_dim == 1 else nn.Conv2d
+                lin = conv(n_in, n_out, k[0], padding=(k[0] - 1) // 2, padding_mode=spec.padding_mode,
+                           bias=spec.bias_std > 0, device=spec.device, dtype=spec.torch_dtype)
+            else:
+                lin = nn.Linear(n_in, n_out, bias=spec.bias_std > 0, device=spec.device,
+                                dtype=spec.torch_dtype)
+            with torch.no_grad():
+                init(lin.weight, generator)
+                if lin.bias is not None:
+                    lin.bias.normal_(0.0, spec.bias_std, generator=generator)
+            layers.append(lin)
+            if l < spec.depth - 1:
+                layers.append(_Phi(act.phi))
+        nets.append(nn.Sequential(*layers))
+    return nets
+
+
+def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tensor) -> dict[str, list]:
+    """Hooks on one network: per layer mean h², mean φ(h)², mean δ², weight-gradient moment."""
+    L = spec.depth
+    rec: dict[str, list] = {k: [0.0] * L for k in ("forward", "activation", "backward", "weight_grad")}
+    x_sq: dict[int, torch.Tensor] = {}
+    d_sq: dict[int, torch.Tensor] = {}
+
+    def fwd_hook(l: int):
+        def fwd(module, inputs, h):
+            rec["forward"][l] = h.detach().square().mean().item()
+            if not spec.is_conv:
+                x_sq[l] = inputs[0].detach().square().mean(-1)
+            if l < L - 1:
+                rec["activation"][l] = spec.activation.phi(h.detach()).square().mean().item()
+
+            def bwd(grad):
+                rec["backward"][l] = grad.square().mean().item()
+                if not spec.is_conv:
+                    d_sq[l] = grad.square().mean(-1)
+
+            h.register_hook(bwd)
+
+        return fwd
+
+    linears = [m for m in net if not isinstance(m, _Phi)]
+    handles = [lin.register_forward_hook(fwd_hook(l)) for l, lin in enumerate(linears)]
+    (net(x0) * cot).sum().backward()
+    for h in handles:
+        h.remove()
+    if spec.is_conv:
+        # the per-example weight gradient sums over positions (no product identity): a plain
+        # script takes one backward pass per example, as here
+        wg = np.zeros(L)
+        for b in range(x0.shape[0]):
+            net.zero_grad()
+            (net(x0[b : b + 1]) * cot[b : b + 1]).sum().backward()
+            wg += [lin.weight.grad.square().mean().item() for lin in linears]
+        rec["weight_grad"] = (wg / x0.shape[0]).tolist()
+    else:
+        rec["weight_grad"] = [(d_sq[l] * x_sq[l]).mean().item() for l in range(L)]
+    rec["activation"] = rec["activation"][: L - 1]
+    return rec
+
+
+def naive_measure(
+    spec: Spec, generator: torch.Generator | None = None, nets: list[nn.Sequential] | None = None
+) -> dict[str, np.ndarray]:
+    """The naive loop: per replicate, hooks record mean h², mean φ(h)², mean δ² per layer and
+    the per-example weight-gradient moment mean_b[mean_i δ² · mean_j x²] (parameters keep
+    requires_grad, so autograd also forms every weight gradient, as a plain script would)."""
+    if generator is None:
+        generator = torch.Generator(device=spec.device).manual_seed(spec.seed)
+    if nets is None:
+        nets = naive_networks(spec, generator)
+    kw = dict(generator=generator, device=spec.device, dtype=spec.torch_dtype)
+    rows = []
+    for net in nets:
+        x0 = torch.randn(spec.batch, spec.widths[0], *spec.spatial, **kw) * math.sqrt(spec.input_var)
+        cot = torch.randn(spec.batch, spec.widths[-1], *spec.spatial, **kw)
+        rows.append(_naive_one(net, spec, x0, cot))
+    return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+
+
+# ---- the machine's limits -----------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def best_time(fn: Callable[[], object], device: str, repeat: int = 3, min_time: float = 0.0,
+              between: Callable[[], object] | None = None, max_repeat: int = 50) -> float:
+    """Best wall time of at least `repeat` calls, more (up to `max_repeat`) until `min_time`
+    seconds of them, after one warm-up call; `between` runs after each timed call, untimed."""
+    fn()
+    best, spent, n = math.inf, 0.0, 0
+    while n < repeat or (spent < min_time and n < max_repeat):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t
+        best, spent, n = min(best, dt), spent + dt, n + 1
+        if between is not None:
+            between()
+    return best
+
+
+class LimitProbe:
+    """The machine's limits, timed in the same window as the harness: one n×n matmul (2n³
+    FLOPs) and one fill of m normal numbers from one generator per `sample()`; `limits` holds
+    the best rates seen since `reset()`. Interleaving the probe with the harness's timings puts
+    both under the same conditions on a shared machine, where the speed drifts by tens of
+    percent within seconds."""
+
+    def __init__(self, device: str, dtype: torch.dtype, n: int = 2048, m: int = 1 << 24):
+        self.device, self.n, self.m = device, n, m
+        self.a = torch.randn(n, n, device=device, dtype=dtype)
+        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        self.out = torch.empty(n, n, device=device, dtype=dtype)
+        self.noise = torch.empty(m, device=device, dtype=dtype)
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.reset()
+        self.sample()  # warm up
+        self.reset()
+
+    def reset(self) -> None:
+        self.t_mm = self.t_rng = math.inf
+
+    def _time(self, fn: Callable[[], object]) -> float:
+        _sync(self.device)
+        t = time.perf_counter()
+        fn()
+        _sync(self.device)
+        return time.perf_counter() - t
+
+    def sample(self) -> None:
+        self.t_mm = min(self.t_mm, self._time(lambda: torch.mm(self.a, self.b, out=self.out)))
+        self.t_rng = min(self.t_rng, self._time(lambda: self.noise.normal_(generator=self.gen)))
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(2 * self.n**3 / self.t_mm, self.m / self.t_rng)
+
+
+def workload(spec: Spec) -> tuple[float, float]:
+    """(FLOPs, random numbers) the harness must spend on `spec` (see the module docstring).
+
+    A conv layer's matmul is 2·B·C_in·∏k·C_out·P (P positions); the conv runner also forms the
+    per-example weight gradient, one more such product per layer."""
+    R, B = spec.replicates, spec.batch
+    P = math.prod(spec.spatial) if spec.is_conv else 1
+    flops = rand = 0.0
+    for l, shape in enumerate(spec.weight_shapes):
+        mm = 2.0 * B * P * math.prod(shape)
+        flops += R * (mm + (mm if l > 0 else 0.0) + (mm if spec.is_conv else 0.0))
+        rand += R * (math.prod(shape) + (shape[0] if spec.bias_std > 0 else 0))
+    rand += R * B * P * (spec.widths[0] + spec.widths[-1])
+    return flops, rand
+
+
+class PeakRSS:
+    """Samples the resident set size in a thread; `.peak` is the growth over the start (bytes)."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss() - self.base)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss() - self.base)
+
+
+def peak_memory(spec: Spec) -> int:
+    """Peak bytes of one harness run from an empty `harness.sim.workspace` (a first run in a fresh
+    process): the CUDA allocator's peak, or on the CPU the larger of the sampled RSS growth and
+    the bytes of the run's workspace."""
+    workspace.release()
+    if spec.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        measure(spec, progress=False)
+        return int(torch.cuda.max_memory_allocated())
+    if not Path("/proc/self/statm").exists():
+        return -1
+    with PeakRSS() as p:
+        measure(spec, progress=False)
+    # the allocator may hand back memory freed earlier without the RSS growing; the run's own
+    # buffers (weights, saved activations, δ) are what its workspace now holds
+    return max(p.peak, workspace.current().nbytes())
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limits:
+    flops: float
+    rng: float
+
+
+def bench_config(spec: Spec, probe: LimitProbe, repeat: int, naive: bool = True,
+                 min_time: float = 0.0) -> dict[str, object]:
+    """One row of the table: times, speedup, roofline fraction (from the limits probed between
+    the harness's timings), peak memory."""
+    probe.reset()  # the limits are probed after each timed run: the same window as the harness
+    t_harness = best_time(lambda: measure(spec, progress=False), spec.device, repeat, min_time,
+                          between=probe.sample)
+    t_naive = best_time(lambda: naive_measure(spec), spec.device, 1) if naive else math.nan
+    flops, rand = workload(spec)
+    limits = probe.limits
+    return {
+        "arch": spec.arch, "depth": spec.depth, "width": spec.width, "batch": spec.batch,
+        "replicates": spec.replicates, "act": spec.act, "scheme": spec.scheme,
+        "device": spec.device, "dtype": spec.dtype,
+        "harness_s": t_harness, "naive_s": t_naive,
+        "speedup": t_naive / t_harness, **roofline(flops, rand, t_harness, limits),
+        "peak_flops": limits.flops, "rng_rate": limits.rng,
+        "gflop": flops / 1e9, "mrand": rand / 1e6,
+        "peak_mb": peak_memory(spec) / 2**20,
+    }
+
+
+def roofline(flops: float, rand: float, t_harness: float, limits: Limits) -> dict[str, float]:
+    """t_roof = FLOPs / peak + random numbers / rate, and the fraction t_roof / t_harness."""
+    t_roof = flops / limits.flops + rand / limits.rng
+    return {"roofline_s": t_roof, "roofline_frac": t_roof / t_harness}
+
+
+def format_table(df: pd.DataFrame) -> str:
+    cols = ["arch", "depth", "width", "batch", "replicates", "harness_s", "naive_s", "speedup",
+            "roofline_s", "roofline_frac", "peak_mb"]
+    return df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}")
+
+
+def figure(df: pd.DataFrame):
+    """Speedup over the naive loop and fraction of the roofline, per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.arch} L{r.depth} n{r.width}\nB{r.batch} R{r.replicates}" for r in df.itertuples()]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(df)), 4), constrained_layout=True)
+    axes[0].bar(labels, df["speedup"], color="C0")
+    axes[0].axhline(1, color="k", lw=0.8)
+    axes[0].set_yscale("log")
+    axes[0].set_title("speedup over the naive loop (×)")
+    axes[1].bar(labels, df["roofline_frac"], color="C1")
+    axes[1].axhline(1, color="k", lw=0.8)
+    axes[1].set_title("fraction of the roofline reached")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"harness benchmark on {df['device'].iloc[0]} ({df['dtype'].iloc[0]})", fontsize=9)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--dtype", default="float32", help="float32 | float64")
+    ap.add_argument("--quick", action="store_true", help="a two-point grid (for smoke tests)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="at least this many timings per harness configuration (the best counts)")
+    ap.add_argument("--min-time", type=float, default=None,
+                    help="and more, up to 50, until this many seconds are spent timing it "
+                         "(default 3; 0 with --quick)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    ap.add_argument("--out", default=None, help="output folder (default results/bench/<time>)")
+    args = ap.parse_args(argv)
+
+    grid = QUICK_GRID if args.quick else DEFAULT_GRID
+    if args.min_time is None:
+        args.min_time = 0.0 if args.quick else 3.0
+    try:
+        specs = [
+            Spec.from_config(compose_config([
+                f"arch={a}", f"depth={d}", f"width={w}", f"batch={b}", f"replicates={r}",
+                *(CONV_KEYS if a == "conv" else []),
+                f"device={args.device}", f"dtype={args.dtype}", "act=relu", "scheme=kaiming",
+            ]))
+            for a, d, w, b, r in grid
+        ]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    device, dtype = specs[0].device, specs[0].torch_dtype
+    print(f"machine: {torch.get_num_threads()} threads on {device} ({args.dtype}); the limits are "
+          f"probed between the harness's timings of each configuration")
+    probe = LimitProbe(device, dtype)
+    rows = []
+    for spec in specs:
+        r = bench_config(spec, probe, args.repeat, naive=not args.no_naive, min_time=args.min_time)
+        rows.append(r)
+        print(f"  depth {r['depth']:>3} width {r['width']:>4} batch {r['batch']:>3} replicates "
+              f"{r['replicates']:>2}: harness {r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
+              f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%} (matmul "
+              f"{r['peak_flops'] / 1e9:.0f} GFLOP/s, RNG {r['rng_rate'] / 1e6:.0f} M/s)", flush=True)
+    df = pd.DataFrame(rows)
+    print(format_table(df))
+    out = Path(args.out or Path("results") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    from harness.outputs.results import write_parquet
+
+    write_parquet(df, out / "bench.parquet", {"argv": sys.argv})
+    fig = figure(df)
+    fig.savefig(out / "bench.png", dpi=110)
+    print(f"written: {out / 'bench.parquet'}, {out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()

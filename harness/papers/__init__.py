@@ -1,0 +1,277 @@
+"""`python -m harness.papers NAME PATH [--out FILE]`: figure and measured numbers of a paper
+reproduction (experiments/NAME.yaml, experiments/README.md) from its sweep folder PATH.
+
+Every number is a per-layer rate measured per replicate and averaged over the R replicates,
+with its standard error from their spread. For a quantity v^l_r (replicate r, layer l = 1..L)
+
+    b_r   = least-squares slope of ln v^l_r against l           (one per replicate)
+    rate  = exp(mean_r b_r),   se = sd_r(b_r)/√R   (the se of ln rate)
+
+so `rate` is the geometric-mean factor per layer (forward: < 1 shrinks toward the output;
+backward: `growth` = exp(−mean b), > 1 grows toward the input). The same slope of the run's
+`theory` column gives the mean-field rate. At finite width ln v is biased low: for the relu
+family with Gaussian weights `harness.theory.finite_width` gives E[ln(F^l/q^l)] = −s_l²/2, so the
+rate a width-n run should show is exp(slope of (ln q^l − s_l²/2)) (`expected_bias`; used for
+uniform weights too, as an approximation: their pre-activations are Gaussian only to O(1/n)).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.cli import ArgumentParser
+from harness.outputs.plots import plt
+from harness.outputs.results import atomic_write_bytes, layer_matrix, load
+from harness.papers import isometry, order_chaos
+from harness.theory import finite_width, hanin
+
+
+def log_slopes(values: np.ndarray) -> np.ndarray:
+    """b_r: the least-squares slope of ln values[r, l] against l, per replicate; values (R, L)."""
+    layers = np.arange(1, values.shape[1] + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logv = np.log(values)
+    return np.polyfit(layers, logv.T, 1)[0]
+
+
+def rate(values: np.ndarray) -> tuple[float, float]:
+    """(mean_r b_r, sd_r(b_r)/√R): the log of the geometric per-layer factor and its se."""
+    b = log_slopes(values)
+    se = float(b.std(ddof=1) / math.sqrt(len(b))) if len(b) > 1 else float("nan")
+    return float(b.mean()), se
+
+
+def expected_bias(run: pd.DataFrame, meta: dict[str, Any]) -> float:
+    """Slope over l of −s_l²/2 (the finite-width bias of ln F^l) for the relu family, else 0."""
+    spec = meta["spec"]
+    a = {"relu": 0.0, "linear": 1.0}.get(spec["act"])
+    if spec["act"] == "leaky_relu":
+        a = float(spec["act_params"]["negative_slope"])
+    if a is None or spec["bias_std"] > 0 or spec["arch"] != "mlp":
+        return 0.0
+    corr = _per_layer(run, "correlation", "theory")
+    rho = corr.mean(0) if corr is not None else np.ones(spec["depth"])
+    s2 = finite_width.log_variance(a, tuple(spec["widths"]), rho, spec["input_corr"],
+                                   spec["batch"])
+    return float(np.polyfit(np.arange(1, len(s2) + 1), -s2 / 2, 1)[0])
+
+
+def _per_layer(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray | None:
+    if not (run["quantity"] == quantity).any():
+        return None
+    return layer_matrix(run, quantity, column)
+
+
+def label(meta: dict[str, Any]) -> str:
+    """scheme · act(params) · gain · depth, for legends and tables."""
+    s = meta["spec"]
+    params = ",".join(f"{k}={v:g}" for k, v in s["act_params"].items())
+    act = f"{s['act']}({params})" if params else s["act"]
+    gain = "" if s["gain"] is None else f" gain {s['gain']:.3g}"
+    extra = f" q0={s['input_var']:g}" if s["input_var"] != 1 else ""
+    return f"{s['scheme']} · {act}{gain} · L={s['depth']}{extra}"
+
+
+def table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its settings, measured per-layer rates with se, theory rates, and the
+    criticality numbers (q*, χ_1) from its metadata."""
+    rows = []
+    for run_dir, run in df.groupby("run_dir"):
+        meta = json.loads((Path(run_dir) / "metadata.json").read_text())
+        s, crit = meta["spec"], meta.get("criticality", {})
+        F, B = _per_layer(run, "forward"), _per_layer(run, "backward")
+        fwd, fwd_se = rate(F)
+        bwd, bwd_se = rate(B)
+        tF = _per_layer(run, "forward", "theory")[0]
+        tB = _per_layer(run, "backward", "theory")[0]
+        W = _per_layer(run, "weight_grad")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            first_last = np.log(B[:, 0] / B[:, -1])
+            w_first_last = np.log(W[:, 0] / W[:, -1])
+        rows.append({
+            "label": label(meta), "scheme": s["scheme"], "act": s["act"],
+            "negative_slope": s["act_params"].get("negative_slope", np.nan),
+            "gain": np.nan if s["gain"] is None else s["gain"], "depth": s["depth"],
+            "width": s["width"], "input_var": s["input_var"], "replicates": s["replicates"],
+            "forward_rate": math.exp(fwd), "forward_log_rate": fwd, "forward_se": fwd_se,
+            "theory_forward_rate": math.exp(rate(tF[None, :])[0]),
+            "bias_log_rate": expected_bias(run, meta),
+            "backward_growth": math.exp(-bwd), "backward_log_rate": bwd, "backward_se": bwd_se,
+            "theory_backward_growth": math.exp(-rate(tB[None, :])[0]),
+            "backward_first_over_last": float(np.exp(first_last.mean())),
+            "backward_first_over_last_log_se": float(first_last.std(ddof=1) / math.sqrt(len(B))),
+            "theory_backward_first_over_last": float(tB[0] / tB[-1]),
+            "weight_grad_first_over_last": float(np.exp(w_first_last.mean())),
+            "forward_last": float(np.exp(np.log(F[:, -1]).mean())),
+            "forward_last_log_se": float(np.log(F[:, -1]).std(ddof=1) / math.sqrt(len(F))),
+            "theory_forward_last": float(tF[-1]),
+            "q_star": crit.get("q_star"), "chi_1": crit.get("chi_1"), "run_dir": run_dir,
+        })
+    return pd.DataFrame(rows).sort_values("label").reset_index(drop=True)
+
+
+def figure(df: pd.DataFrame, rows: pd.DataFrame, title: str):
+    """Two panels, log scale: the replicate geometric mean of the forward and backward moments
+    per layer, one line per run (measured: solid with markers; theory: dashed)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), constrained_layout=True)
+    for i, row in enumerate(rows.itertuples()):
+        run = df[df["run_dir"] == row.run_dir]
+        for ax, q in zip(axes, ("forward", "backward"), strict=True):
+            v = _per_layer(run, q)
+            t = _per_layer(run, q, "theory")[0]
+            layers = np.arange(1, v.shape[1] + 1)
+            with np.errstate(divide="ignore"):
+                geo = np.exp(np.log(v).mean(0))
+            ax.plot(layers, geo, "o-", ms=2.5, lw=1.2, color=f"C{i % 10}",
+                    label=row.label if q == "forward" else None)
+            ax.plot(layers, t, "--", lw=0.8, color=f"C{i % 10}")
+    axes[0].set_ylabel("forward moment mean (h^l)²")
+    axes[1].set_ylabel("backward moment mean (δ^l)²")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("layer l  (1: input side)")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: measured (solid, geometric mean over replicates), theory (dashed)",
+                 fontsize=9)
+    return fig
+
+
+ID_COLUMNS = ["scheme", "act", "negative_slope", "gain", "depth", "width", "input_var",
+              "replicates"]
+
+
+def _numbers(rows: pd.DataFrame, columns: list[str]) -> dict[str, dict[str, Any]]:
+    """{label: {column: value}}, JSON-safe (NaN as None)."""
+    out = {}
+    for _, r in rows.iterrows():
+        out[r["label"]] = {c: (None if isinstance(r[c], float) and math.isnan(r[c]) else
+                               (r[c].item() if hasattr(r[c], "item") else r[c]))
+                           for c in [*ID_COLUMNS, *columns]}
+    return out
+
+
+RATE_COLUMNS = ["forward_rate", "forward_se", "theory_forward_rate", "bias_log_rate",
+                "backward_growth", "backward_se", "theory_backward_growth", "forward_last",
+                "forward_last_log_se", "theory_forward_last", "q_star", "chi_1"]
+
+
+def torch_defaults(df: pd.DataFrame):
+    """torch's defaults: nn.Linear's kaiming_uniform_(a=√5) (Var W = 1/(3 fan_in)) and
+    calculate_gain's 5/3 (tanh), 3/4 (selu), √2 (relu), against gain 1 (lecun_normal)."""
+    rows = table(df)
+    return figure(df, rows, "torch's defaults"), _numbers(rows, RATE_COLUMNS)
+
+
+def he2015(df: pd.DataFrame):
+    """He et al. 2015: xavier (rate (1+a²)/2 per layer) vs kaiming (rate 1) for leaky relu a."""
+    rows = table(df)
+    return figure(df, rows, "He et al. 2015"), _numbers(rows, RATE_COLUMNS)
+
+
+def glorot2010(df: pd.DataFrame):
+    """Glorot & Bengio 2010: 5 tanh hidden layers, standard U(±1/√n) vs normalized init."""
+    rows = table(df)
+    cols = [*RATE_COLUMNS, "backward_first_over_last", "backward_first_over_last_log_se",
+            "theory_backward_first_over_last", "weight_grad_first_over_last"]
+    return figure(df, rows, "Glorot & Bengio 2010"), _numbers(rows, cols)
+
+
+def hanin2019(df: pd.DataFrame):
+    """Hanin & Rolnick 2018 / Hanin & Nica 2019: Var ln F^L against β = Σ 1/n_l and depth."""
+    rows = hanin.table(df)
+    numbers = {f"L={r.depth} n={r.width}": {c: getattr(r, c) for c in
+                                           ("depth", "width", "beta", "replicates", "var_log",
+                                            "var_log_se", "theory", "five_beta")}
+               for r in rows.itertuples()}
+    return hanin.figure(rows), numbers
+
+
+def order_chaos_2017(df: pd.DataFrame):
+    """Poole et al. 2016 / Schoenholz et al. 2017: q*, χ_1 and ξ_c measured vs mean field."""
+    rows = order_chaos.table(df)
+    numbers = {f"sigma_w2={r['sigma_w2']:g} sigma_b2={r['sigma_b2']:g}":
+               {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in r.items() if k != "run_dir"}
+               for r in rows.to_dict("records")}
+    return order_chaos.figure(df, rows), numbers
+
+
+def pennington2017(df: pd.DataFrame):
+    """Pennington et al. 2017: the Jacobian's relative spectral variance grows per layer at
+    μ_2/μ_1² − 1 − s_1 (orthogonal s_1 = 0, Gaussian −1); its spectrum at the last layer."""
+    rows = isometry.table(df)
+    numbers = {r["label"]: {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                            for k, v in r.items() if k != "run_dir"}
+               for r in rows.to_dict("records")}
+    return isometry.figure(df, rows), numbers
+
+
+EXPERIMENTS: dict[str, Callable[[pd.DataFrame], tuple[Any, dict[str, Any]]]] = {
+    "torch_defaults": torch_defaults, "he2015": he2015, "glorot2010": glorot2010,
+    "hanin2019": hanin2019, "order_chaos": order_chaos_2017, "pennington2017": pennington2017,
+}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Write PATH/NAME.png (or --out) and NAME.json (the measured numbers); returns the figure."""
+    parser = ArgumentParser(prog="python -m harness.papers", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(EXPERIMENTS))
+    parser.add_argument("path", help="the experiment's sweep folder")
+    parser.add_argument("--out", default=None, help="figure path (default PATH/NAME.png)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        df = load(args.path)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    out = Path(args.out) if args.out else Path(args.path) / f"{args.name}.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            fig, numbers = EXPERIMENTS[args.name](df)
+        except (KeyError, ValueError) as e:  # runs of another kind than NAME needs
+            parser.error(f"{args.path} does not hold {args.name}'s runs ({e})")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(numbers, indent=1).encode())
+    for name, row in numbers.items():
+        if "c_star" in row:
+            def f(key: str, row: dict = row) -> str:
+                v = row.get(key)
+                return "n/a" if v is None else f"{v:.4g}"
+            print(f"{name}: forward at L {f('forward_last')} (q* {f('q_star')}), backward growth "
+                  f"{f('backward_growth')} (chi_1 {f('chi_1')}), xi measured {f('xi_measured')} "
+                  f"(mean field over the window {f('xi_theory_window')}, xi_c {f('xi_c')})")
+            continue
+        if "paper_slope" in row:
+            print(f"{name}: Jacobian relative variance grows {row['slope']:.4g} ± "
+                  f"{row['slope_se']:.2g} per layer (theory {row['theory_slope']:.4g}, paper "
+                  f"{row['paper_slope']:.4g}); last layer λ/m_1 5–95%: "
+                  f"{row['spectrum_q05']:.3g}–{row['spectrum_q95']:.3g}")
+            continue
+        if "var_log" in row:
+            print(f"{name}: beta {row['beta']:.4g}, Var ln F^L {row['var_log']:.4g} ± "
+                  f"{row['var_log_se']:.2g} (exact theory {row['theory']:.4g}, 5 beta "
+                  f"{row['five_beta']:.4g})")
+            continue
+        print(f"{name}: forward rate {row['forward_rate']:.4g} (theory "
+              f"{row['theory_forward_rate']:.4g}), backward growth {row['backward_growth']:.4g} "
+              f"(theory {row['theory_backward_growth']:.4g})")
+    print(f"figure: {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

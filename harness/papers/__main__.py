@@ -1,0 +1,3 @@
+from harness.papers import main
+
+main()

@@ -1,0 +1,397 @@
+"""`python -m harness.report PATH [--out DIR] [--k K | --alpha A]`: one self-contained HTML report for a run,
+a sweep, or any folder of runs.
+
+Writes `report.html` (figures embedded as base64 PNGs, no external resources: it opens offline)
+and the same figures as PNG files beside it, by default into `PATH/report/`. The report holds the
+sweep summary (done / skipped / failed jobs and their errors), the agreement table (disagreements
+first), per-layer variance figures faceted by the swept keys, heatmaps over two swept keys of
+where each pass ends and of log10(measured/theory), and the command that reproduces each run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from harness.cli import ArgumentParser, sweep
+from harness.outputs.results import METADATA, METRICS, atomic_write_bytes, git_commit, load, versions
+from harness.report import compare
+from harness.report import figures as report_plots
+
+MAX_PAGES = 12  #: at most this many figures per kind (one per combination of the extra keys)
+DPI = 100
+
+
+@dataclass
+class Figure:
+    name: str  #: file name of the PNG
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Report:
+    """Everything the HTML shows; `build` fills it, `render` turns it into HTML."""
+
+    root: Path
+    k: float | None
+    alpha: float
+    n_runs: int
+    swept: list[str]
+    fixed: dict[str, object]
+    levels: dict[str, list[object]]
+    agreement: pd.DataFrame
+    commands: pd.DataFrame
+    jobs: list[dict]
+    sweeps: list[dict]
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- layout -------------------------------------------------------------------------------------
+def variance_layout(keys: Sequence[str]) -> tuple[str | None, str | None, str | None, list[str]]:
+    """(hue, rows, cols, page keys): one line per depth (else width, else the last swept key),
+    facets by the next two swept keys, one figure per combination of the rest."""
+    keys = list(keys)
+    hue = next((k for k in compare.NUMERIC_FIRST if k in keys), keys[-1] if keys else None)
+    rest = [k for k in keys if k != hue]
+    return hue, _at(rest, 0), _at(rest, 1), rest[2:]
+
+
+def heatmap_layout(keys: Sequence[str]) -> tuple[str, str, str | None, str | None, list[str]] | None:
+    """(x, y, rows, cols, page keys) for heatmaps, or None with fewer than two swept keys.
+    x, y = depth × width when both were swept, else the first two swept keys."""
+    keys = list(keys)
+    if len(keys) < 2:
+        return None
+    if all(k in keys for k in compare.NUMERIC_FIRST):
+        x, y = compare.NUMERIC_FIRST
+    else:
+        x, y = keys[0], keys[1]
+    rest = [k for k in keys if k not in (x, y)]
+    return x, y, _at(rest, 0), _at(rest, 1), rest[2:]
+
+
+def _at(keys: Sequence[str], i: int) -> str | None:
+    return keys[i] if len(keys) > i else None
+
+
+def pages(table: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, runs) per combination of `keys` present in `table`; one page when there are none."""
+    if not keys:
+        return [("", table)]
+    out = []
+    for values, part in table.groupby(list(keys), sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        out.append((report_plots._label(list(keys), list(values)), part))
+    return out
+
+
+# ---- building -----------------------------------------------------------------------------------
+def build(path: str | Path, k: float | None = None, alpha: float = compare.ALPHA) -> Report:
+    """Load the results under `path` and compute every table and figure of the report."""
+    root = Path(path)
+    df = load(root)
+    base = root if root.is_dir() else root.parent
+    stats = compare.layer_stats(df)
+    table = compare.runs(df)
+    keys = compare.swept_keys(df)
+    rep = Report(
+        root=root,
+        k=k,
+        alpha=alpha,
+        n_runs=len(table),
+        swept=keys,
+        fixed=compare.fixed_config(df),
+        levels={key: sorted(table[key].dropna().unique().tolist()) for key in keys},
+        agreement=_relative(compare.agreement(df, k, stats, alpha), base),
+        commands=_relative(reproduce_commands(table["run_dir"]), base),
+        jobs=sweep.collect(base),
+        sweeps=_sweep_records(base),
+    )
+    for q in ("forward", "backward"):
+        hue, rows, cols, page_keys = variance_layout(keys)
+        for n, (title, part) in enumerate(pages(table, page_keys)[:MAX_PAGES], 1):
+            sub = df[df["run_dir"].isin(part["run_dir"])]
+            fig = report_plots.variance_grid(sub, q, hue=hue, rows=rows, cols=cols,
+                                             stats=stats[stats["run_dir"].isin(part["run_dir"])],
+                                             title=title)
+            rep.figures.append(Figure(f"fig-variance-{q}-{n}.png",
+                                      f"{q} per layer" + (f" ({title})" if title else ""),
+                                      _png(fig)))
+    layout = heatmap_layout(keys)
+    if layout is None:
+        rep.notes.append("heatmaps need two swept keys; this result has "
+                         f"{len(keys)} ({', '.join(keys) or 'none'})")
+    else:
+        rep.figures += heatmaps(table, stats, layout)
+    for kind, page_keys in (("variance", variance_layout(keys)[3]),
+                            ("heatmap", layout[4] if layout else [])):
+        n_pages = len(pages(table, page_keys))
+        if n_pages > MAX_PAGES:
+            rep.notes.append(f"{kind} figures: the first {MAX_PAGES} of {n_pages} pages "
+                             f"(combinations of {', '.join(page_keys)}) are shown")
+    return rep
+
+
+HEATMAPS = (
+    ("forward_mean", True, "forward at the last layer L: replicate mean of $(h^L)^2$",
+     "measured forward $q^L$ (colour: log10)"),
+    ("backward_mean", True, r"backward at layer 1: replicate mean of $(\partial\,loss/\partial h^1)^2$",
+     "measured backward at layer 1 (colour: log10)"),
+    ("forward_log10_ratio", False, "forward at layer L: log10(measured / theory)", "log10(measured/theory)"),
+    ("backward_log10_ratio", False, "backward at layer 1: log10(measured / theory)",
+     "log10(measured/theory)"),
+)
+
+
+def heatmaps(table: pd.DataFrame, stats: pd.DataFrame, layout: tuple) -> list[Figure]:
+    """The vanishing/exploding maps and the log-ratio maps, one figure per metric and page."""
+    x, y, rows, cols, page_keys = layout
+    ends = table.merge(compare.end_of_pass(stats), on="run_dir")
+    figs = []
+    for column, log10, title, bar in HEATMAPS:
+        if column not in ends:
+            continue
+        for n, (page, part) in enumerate(pages(ends, page_keys)[:MAX_PAGES], 1):
+            fig = report_plots.heatmap_grid(part, column, x=x, y=y, rows=rows, cols=cols,
+                                            log10=log10, colorbar=bar,
+                                            title=title + (f"\n{page}" if page else ""))
+            figs.append(Figure(f"fig-heatmap-{column.replace('_', '-')}-{n}.png",
+                               title.replace("$", "") + (f" ({page})" if page else ""), _png(fig)))
+    return figs
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # log axes spanning an overflow warn; the figure is fine
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fig.savefig(buf, format="png", dpi=DPI)
+    report_plots.plt.close(fig)
+    return buf.getvalue()
+
+
+def reproduce_commands(run_dirs: Sequence[str]) -> pd.DataFrame:
+    """The command that reproduces each run (metadata.json's `reproduce`, else the parquet's)."""
+    rows = []
+    for run_dir in run_dirs:
+        meta: dict = {}
+        try:
+            meta = json.loads((Path(run_dir) / METADATA).read_text())
+        except (OSError, ValueError):
+            try:
+                meta = json.loads(pq.read_schema(Path(run_dir) / METRICS).metadata[b"harness"])
+            except (OSError, KeyError, ValueError, TypeError):
+                meta = {}
+        rows.append({"run_dir": run_dir, "command": meta.get("reproduce") or "(not recorded)"})
+    return pd.DataFrame(rows, columns=["run_dir", "command"])
+
+
+def _relative(frame: pd.DataFrame, base: Path) -> pd.DataFrame:
+    out = frame.copy()
+    b = base.resolve()
+
+    def rel(p: str) -> str:
+        try:
+            r = Path(p).resolve().relative_to(b)
+            return str(r) if str(r) != "." else b.name
+        except ValueError:
+            return p
+
+    out["run"] = out.pop("run_dir").map(rel)
+    return out
+
+
+def _sweep_records(base: Path) -> list[dict]:
+    records = []
+    for f in sorted(base.rglob(sweep.SWEEP)):
+        if any(part.startswith(".") for part in f.relative_to(base).parts):
+            continue
+        try:
+            records.append({"dir": str(f.parent), **json.loads(f.read_text())})
+        except (OSError, ValueError):
+            continue
+    return records
+
+
+# ---- HTML ---------------------------------------------------------------------------------------
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto;
+       max-width: 1500px; padding: 0 20px; color: #1d2430; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 32px;
+     border-bottom: 1px solid #d8dde6; padding-bottom: 4px; }
+.meta { color: #5b6573; } code, .cmd { font: 12px ui-monospace, Menlo, Consolas, monospace; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { border: 1px solid #d8dde6; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f2f4f8; } tr.bad td { background: #fdecec; } tr.na td { background: #fff7e0; }
+.counts span { display: inline-block; margin-right: 14px; padding: 2px 10px; border-radius: 10px;
+               background: #eef1f6; } .counts .failed { background: #fdecec; }
+.counts .done { background: #e8f6ec; } .counts .skipped { background: #eef1f6; }
+figure { margin: 14px 0 28px; } figure img { max-width: 100%; border: 1px solid #e3e6ec; }
+figcaption { color: #5b6573; font-size: 13px; }
+nav a { margin-right: 14px; }
+"""
+
+
+def _esc(v: object) -> str:
+    return html.escape(report_plots._fmt(v) if not isinstance(v, str) else v)
+
+
+def _table(frame: pd.DataFrame, row_class=None, code: Sequence[str] = ()) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in frame.columns)
+    body = []
+    for _, r in frame.iterrows():
+        cls = row_class(r) if row_class else ""
+        cells = "".join(
+            f"<td><code>{_esc(r[c])}</code></td>" if c in code else f"<td>{_esc(r[c])}</td>"
+            for c in frame.columns
+        )
+        body.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _k_text(rep: Report) -> str:
+    if rep.k is not None:
+        return f"k = {rep.k:g} at every point (set by --k)."
+    return (f"k is Bonferroni's threshold Φ⁻¹(1 − α/2m) for the run's m points at family-wise "
+            f"false-positive rate α = {rep.alpha:g} (column <i>k</i>), so a run whose theory is "
+            f"right is flagged with probability ≤ α.")
+
+
+def _blank(x: object) -> bool:
+    """True for an empty string or a null (None, NaN, pd.NA)."""
+    return x is None or (isinstance(x, str) and x == "") or bool(pd.isna(x))
+
+
+def render(rep: Report) -> str:
+    """The report as one HTML document with every figure embedded."""
+    v = versions()
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>harness report: {_esc(str(rep.root))}</title><style>{CSS}</style></head><body>",
+        f"<h1>harness report: {_esc(str(rep.root))}</h1>",
+        f"<p class='meta'>{rep.n_runs} run(s); generated {datetime.now():%Y-%m-%d %H:%M:%S} by "
+        f"harness {_esc(v.get('harness', '?'))} (commit {_esc(git_commit() or 'unknown')}), "
+        f"torch {_esc(v.get('torch', '?'))}</p>",
+        "<nav><a href='#summary'>sweep summary</a><a href='#agreement'>agreement</a>"
+        "<a href='#figures'>figures</a><a href='#reproduce'>reproduce</a></nav>",
+        "<h2 id='config'>Configuration</h2>",
+        "<p><b>swept:</b> " + ("; ".join(
+            f"{_esc(k)} = {', '.join(_esc(x) for x in rep.levels[k])}" for k in rep.swept)
+            or "nothing (one configuration)") + "</p>",
+        "<p><b>fixed:</b> " + ", ".join(f"{_esc(k)}={_esc(x) if not _blank(x) else '(none)'}"
+                                        for k, x in rep.fixed.items()) + "</p>",
+    ]
+    parts += _summary_html(rep)
+    parts += [
+        "<h2 id='agreement'>Agreement: measured vs theory per configuration</h2>",
+        f"<p>Per run: the worst |log10(measured/theory)| over layers (measured = mean over "
+        f"replicates); at how many (quantity, layer) points theory lies within k standard errors "
+        f"of the replicate mean, and within the replicates' min–max range (the band in the "
+        f"figures). {_k_text(rep)} <b>agree</b> = within k s.e. at every point of every quantity, "
+        f"and nothing overflowed. Disagreements first. With few replicates or heavy-tailed "
+        f"products (deep, narrow relu networks) the standard error understates the spread, so "
+        f"read <i>no</i> together with the range column.</p>",
+        _table(rep.agreement, row_class=lambda r: "bad" if str(r["agree"]).startswith("no")
+               else "na" if str(r["agree"]).startswith("n/a") else ""),
+        "<h2 id='figures'>Figures</h2>",
+    ]
+    parts += [f"<p class='meta'>{_esc(n)}</p>" for n in rep.notes]
+    for f in rep.figures:
+        data = base64.b64encode(f.png).decode()
+        parts.append(f"<figure><img alt='{_esc(f.caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{_esc(f.caption)} ({_esc(f.name)})</figcaption></figure>")
+    parts += ["<h2 id='reproduce'>Reproduce each run</h2>",
+              _table(rep.commands[["run", "command"]], code=("command",)),
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+def _summary_html(rep: Report) -> list[str]:
+    out = ["<h2 id='summary'>Sweep summary</h2>"]
+    if not rep.jobs:
+        return out + [f"<p>No sweep status here: {rep.n_runs} complete run(s) loaded.</p>"]
+    counts = sweep.summarize(rep.jobs)
+    spans = "".join(f"<span class='{s}'>{counts[s]} {'interrupted' if s == 'running' else s}</span>"
+                    for s in sweep.STATES)
+    out += [f"<p class='counts'><span>{counts['jobs']} job folders</span>{spans}</p>",
+            f"<p>{rep.n_runs} complete result(s) loaded. Each job folder's latest state: "
+            "<i>skipped</i> = its complete result from an earlier run of the sweep was kept.</p>"]
+    for s in rep.sweeps:
+        line = (f"<p>sweep <code>{_esc(s['dir'])}</code>: {_esc(s.get('state', '?'))}"
+                + (f", last run: {s['done']} done, {s['skipped']} skipped, {s['failed']} failed, "
+                   f"{s['running']} interrupted, finished {_esc(s.get('finished', '?'))}"
+                   if "done" in s else "") + "</p>")
+        out.append(line)
+        if s.get("command"):
+            out.append("<p>rerun (resumes: complete jobs are skipped): "
+                       f"<code>{_esc(s['command'])}</code></p>")
+    bad = [j for j in rep.jobs if j.get("state") in ("failed", "running")]
+    if bad:
+        frame = pd.DataFrame({"job": [Path(j["job_dir"]).name for j in bad],
+                              "state": [("interrupted" if j["state"] == "running" else j["state"])
+                                        for j in bad],
+                              "error": [j.get("message") or "" for j in bad]})
+        out.append(_table(frame, row_class=lambda r: "bad"))
+    return out
+
+
+def write(rep: Report, out_dir: str | Path) -> Path:
+    """Write report.html and the PNGs into `out_dir` (atomically, file by file); stale figure
+    files of an earlier report there are removed. Returns the path of report.html."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {f.name for f in rep.figures}
+    for f in rep.figures:
+        atomic_write_bytes(out / f.name, f.png)
+    for old in out.glob("fig-*.png"):
+        if old.name not in names:
+            old.unlink(missing_ok=True)
+    page = out / "report.html"
+    atomic_write_bytes(page, render(rep).encode())
+    return page
+
+
+# ---- command line -------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> Path:
+    """`python -m harness.report PATH [--out DIR] [--k K | --alpha A]`; exit 2 with one line on bad input."""
+    p = ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", help="a run directory, a sweep directory, a folder of runs, or a metrics.parquet")
+    p.add_argument("--out", help="output folder (default: PATH/report)")
+    p.add_argument("--k", type=float, default=None,
+                   help="agreement: theory within k standard errors of the replicate mean at every "
+                        "point (default: Bonferroni's k for the run's points at --alpha)")
+    p.add_argument("--alpha", type=float, default=compare.ALPHA,
+                   help=f"family-wise false-positive rate of the default test (default {compare.ALPHA:g})")
+    args = p.parse_args(argv)
+    path = Path(args.path)
+    if args.k is not None and not (args.k > 0):
+        p.error(f"--k must be a number > 0; got {args.k}")
+    if not (0 < args.alpha < 1):
+        p.error(f"--alpha must be between 0 and 1; got {args.alpha}")
+    if not path.exists():
+        p.error(f"no such file or directory: {path}")
+    try:
+        rep = build(path, k=args.k, alpha=args.alpha)
+    except FileNotFoundError as e:
+        p.error(f"{e} (expected a run or sweep directory holding {METRICS} files)")
+    base = path if path.is_dir() else path.parent
+    page = write(rep, Path(args.out) if args.out else base / "report")
+    n_fail = sum(j.get("state") == "failed" for j in rep.jobs)
+    print(f"report: {page} ({rep.n_runs} runs, {len(rep.figures)} figures"
+          + (f", {n_fail} failed jobs listed" if n_fail else "") + ")")
+    return page
+
+
+if __name__ == "__main__":
+    main()
