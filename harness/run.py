@@ -2,7 +2,8 @@
 
 A thin `@hydra.main` around `execute(cfg, out_dir)`, the plain function tests call on a composed
 config. Outputs (in Hydra's run directory): metrics.parquet, metadata.json, config.yaml,
-variance.png, for arch=conv positions.parquet and positions.png, and with jacobian=k
+variance.png, for architectures with positions (arch=conv) positions.parquet and positions.png,
+and with jacobian=k
 jacobian.parquet (the last layer's Jacobian spectrum); `metrics.parquet` is
 written last, atomically, and marks a complete run.
 """
@@ -24,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from harness import cli
-from harness.archs import conv_theory
+from harness.archs.base import POSITIONS as POSITION_MAPS  # the capability
 from harness.cli import launchers, sweep
 from harness.core.spec import ConfigError, Spec
 from harness.outputs import plots, summary
@@ -61,9 +62,10 @@ def execute(
     """Build the Spec, measure, predict, write every output to `out_dir`, print the verdict."""
     t0 = time.perf_counter()
     spec = Spec.from_config(cfg)
+    arch = spec.architecture
     out = Path(out_dir)
     say = print if echo else (lambda *a, **k: None)
-    say(f"harness: {spec.arch} depth {spec.depth}, widths {_widths(spec)}{_conv(spec)}, "
+    say(f"harness: {spec.arch} depth {spec.depth}, widths {_widths(spec)}{arch.describe(spec)}, "
         f"{spec.replicates} replicates × {spec.batch} inputs on {spec.device} ({spec.dtype})")
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
@@ -72,8 +74,8 @@ def execute(
     predicted = predict(spec, theory_var_w)
     df = to_frame(spec, measurement.values, predicted)
     pos = None
-    if spec.is_conv:
-        pos = positions_frame(spec, measurement.positions, conv_theory.position_maps(spec))
+    if POSITION_MAPS in arch.capabilities:
+        pos = positions_frame(spec, measurement.positions, arch.position_maps(spec))
     crit = criticality.for_spec(spec, theory_var_w)
     band = finite_width.band(spec, predicted["forward"], predicted.get("correlation"))
     coverage = finite_width.coverage(band, measurement.values["forward"])
@@ -130,14 +132,6 @@ def _save_png(plot, frame: pd.DataFrame, path: Path) -> None:
         fig.savefig(buf, format="png", dpi=120)
     plots.plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def _conv(spec: Spec) -> str:
-    if not spec.is_conv:
-        return ""
-    image = "×".join([str(spec.image)] * spec.conv_dim)  # type: ignore[operator]
-    return (f" (channels), Conv{spec.conv_dim}d kernel {spec.kernel}, image {image}, "
-            f"{spec.padding_mode} padding")
 
 
 def _widths(spec: Spec) -> str:

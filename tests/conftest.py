@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from torch import nn
 
 from harness.cli import compose_config, precheck
 from harness.core.spec import Spec
@@ -44,14 +43,3 @@ def expect_one_line_error(args: list[str], message: str, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert message in err
-
-
-class Phi(nn.Module):
-    """An activation as an nn.Module, for the reference nn.Sequential stacks."""
-
-    def __init__(self, act):
-        super().__init__()
-        self.act = act
-
-    def forward(self, x):
-        return self.act.phi(x)

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from harness.archs import conv
+from harness.archs.mlp import propagate
 from harness.bench import QUICK_GRID, naive_measure, naive_networks, workload
-from harness.sim.runner import propagate
+from harness.sim import reference
 from tests.conftest import small_spec
 
 
@@ -26,7 +26,7 @@ def test_naive_loop_equals_batched_runner_on_its_own_weights(act):
     g_inputs = torch.Generator().manual_seed(1)
     naive = naive_measure(spec, torch.Generator().manual_seed(1), nets=nets)
     # the same weights, stacked, and the same inputs/cotangents drawn in the same order
-    lins = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
+    lins = [reference.layers(net) for net in nets]
     weights = [torch.stack([lins[r][l].weight.detach() for r in range(3)]) for l in range(4)]
     biases = [torch.stack([lins[r][l].bias.detach() for r in range(3)]) for l in range(4)]
     xs, cots = [], []
@@ -49,7 +49,7 @@ def test_naive_weights_have_the_harness_variance(overrides):
     spec = small_spec(*overrides, "depth=2", "widths=[96,64,48]", "replicates=40", "batch=1")
     nets = naive_networks(spec, torch.Generator().manual_seed(2))
     for l, var in enumerate(spec.weight_variances()):
-        w = torch.cat([[m for m in n if isinstance(m, nn.Linear)][l].weight.detach().ravel()
+        w = torch.cat([reference.layers(n)[l].weight.detach().ravel()
                        for n in nets]).double()
         m2, se = w.square().mean().item(), w.square().std().item() / math.sqrt(w.numel())
         assert abs(m2 - var) <= 5 * se, (l, m2, var)
@@ -60,7 +60,7 @@ def test_naive_conv_loop_equals_batched_conv_on_its_own_weights():
                       "replicates=2", "dtype=float64", "act=tanh", "padding_mode=circular")
     nets = naive_networks(spec, torch.Generator().manual_seed(0))
     naive = naive_measure(spec, torch.Generator().manual_seed(1), nets=nets)
-    convs = [[m for m in net if isinstance(m, nn.Conv2d)] for net in nets]
+    convs = [reference.layers(net) for net in nets]
     weights = [torch.stack([convs[r][l].weight.detach() for r in range(2)]) for l in range(3)]
     g = torch.Generator().manual_seed(1)
     xs, cots = [], []

@@ -7,35 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from harness.archs import conv
 from harness.core.init import fans, init_, resolve_gain, tap_variances, weight_variance
+from harness.sim import reference
 from harness.sim.runner import bytes_per_replicate, chunk_size, measure, sample_chunk
-from tests.conftest import Phi, small_spec
+from tests.conftest import small_spec
 
 TINY = ["arch=conv", "depth=3", "widths=[2,3,4,3]", "image=5", "batch=3", "replicates=2",
         "bias_std=0.3", "dtype=float64", "device=cpu"]
-
-
-def reference_nets(spec, weights, biases):
-    """One nn.Sequential of nn.Conv{1,2}d (padding (k-1)/2, spec.padding_mode) per replicate."""
-    Conv = nn.Conv1d if spec.conv_dim == 1 else nn.Conv2d
-    nets = []
-    for r in range(spec.replicates):
-        layers = []
-        for l, W in enumerate(weights):
-            c = Conv(W.shape[2], W.shape[1], spec.kernel, padding=(spec.kernel - 1) // 2,
-                     padding_mode=spec.padding_mode, bias=biases is not None).double()
-            with torch.no_grad():
-                c.weight.copy_(W[r])
-                if biases is not None:
-                    c.bias.copy_(biases[l][r])
-            layers.append(c)
-            if l < len(weights) - 1:
-                layers.append(Phi(spec.activation))
-        nets.append(nn.Sequential(*layers))
-    return nets
 
 
 def autograd_pass(net, x, cot):
@@ -46,7 +26,7 @@ def autograd_pass(net, x, cot):
         output.retain_grad()
         hs.append(output)
 
-    hooks = [m.register_forward_hook(keep) for m in net if not isinstance(m, Phi)]
+    hooks = [m.register_forward_hook(keep) for m in reference.layers(net)]
     y = net(x)
     for h in hooks:
         h.remove()
@@ -56,7 +36,7 @@ def autograd_pass(net, x, cot):
 
 def per_example_weight_grads(net, x, cot):
     """mean_b mean (∂loss_b/∂W^l)² per layer, one example at a time through autograd."""
-    convs = [m for m in net if not isinstance(m, Phi)]
+    convs = reference.layers(net)
     out = np.zeros((x.shape[0], len(convs)))
     for b in range(x.shape[0]):
         net.zero_grad()
@@ -81,7 +61,7 @@ def test_batched_conv_equals_sequential_autograd(conv_dim, padding_mode, act_nam
                       f"act={act_name}", f"kernel={kernel}", "scheme=xavier_uniform")
     weights, biases, x0, cot = sample_chunk(spec, spec.replicates, torch.Generator().manual_seed(1))
     act, R, B, L = spec.activation, spec.replicates, spec.batch, spec.depth
-    nets = reference_nets(spec, weights, biases)
+    nets = reference.ensemble(spec, weights, biases)  # nn.Conv{1,2}d, padding (k-1)/2
     ref = [autograd_pass(nets[r], x0[r], cot[r]) for r in range(R)]
 
     def members(t):  # (B, R·C, *S) -> per replicate (B, C, *S)

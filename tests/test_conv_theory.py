@@ -10,7 +10,7 @@ from functools import cache
 import numpy as np
 import pytest
 
-from harness.archs.conv_theory import position_maps, window_sum
+from harness.archs.conv import position_maps, window_sum
 from harness.sim.runner import measure
 from harness.theory.meanfield import predict
 from tests.conftest import small_spec

@@ -20,10 +20,12 @@ import pytest
 import torch
 from scipy import integrate, stats
 
+from harness.archs.mlp import mean_cosine
 from harness.core import activations
 from harness.core.activations import get
 from harness.core.quadrature import gaussian_expectation_2d
-from harness.sim.runner import draw_inputs, mean_cosine, measure
+from harness.sim.inputs import draw_inputs
+from harness.sim.runner import measure
 from harness.theory.meanfield import predict
 from tests.conftest import small_spec
 from tests.test_activations import ACTS, KINKED, _act_id, _autograd_dphi, _points

@@ -5,37 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from harness.archs.mlp import propagate
 from harness.core import activations
-from harness.sim.runner import chunk_size, measure, propagate, sample_chunk
-from tests.conftest import Phi, small_spec
+from harness.sim import reference
+from harness.sim.runner import chunk_size, measure, sample_chunk
+from tests.conftest import small_spec
 
 
-def reference_stats(weights, biases, x0, cot, act):
-    """One nn.Sequential per replicate; autograd for δ; per-example weight grads one by one."""
+def reference_stats(spec, weights, biases, x0, cot):
+    """One reference nn.Sequential per replicate (`harness.sim.reference`); autograd for δ;
+    per-example weight grads one by one."""
+    act = spec.activation
     R, L = x0.shape[0], len(weights)
     out = {k: np.zeros((R, L)) for k in ("forward", "backward", "weight_grad")}
     out["activation"] = np.zeros((R, L - 1))
-    for r in range(R):
-        layers = []
-        for l, W in enumerate(weights):
-            lin = nn.Linear(W.shape[2], W.shape[1], bias=biases is not None).double()
-            with torch.no_grad():
-                lin.weight.copy_(W[r])
-                if biases is not None:
-                    lin.bias.copy_(biases[l][r])
-            layers.append(lin)
-            if l < L - 1:
-                layers.append(Phi(act))
-        net = nn.Sequential(*layers)
+    for r, net in enumerate(reference.ensemble(spec, weights, biases)):
         hs = []
 
         def keep(module, inputs, output, hs=hs):
             output.retain_grad()
             hs.append(output)
 
-        hooks = [m.register_forward_hook(keep) for m in net if isinstance(m, nn.Linear)]
+        hooks = [m.register_forward_hook(keep) for m in reference.layers(net)]
         y = net(x0[r])
         for h in hooks:
             h.remove()
@@ -46,7 +38,7 @@ def reference_stats(weights, biases, x0, cot, act):
             if l < L - 1:
                 out["activation"][r, l] = act.phi(h.detach()).square().mean()
         # per-example weight gradients, explicitly, one example at a time
-        linears = [m for m in net if isinstance(m, nn.Linear)]
+        linears = reference.layers(net)
         per_example = np.zeros((x0.shape[1], L))
         for b in range(x0.shape[1]):
             net.zero_grad()
@@ -64,7 +56,7 @@ def test_batched_equals_sequential_autograd(act_name):
     g = torch.Generator().manual_seed(1)
     weights, biases, x0, cot = sample_chunk(spec, spec.replicates, g)
     got = propagate(weights, biases, x0, cot, spec.activation)
-    want = reference_stats(weights, biases, x0, cot, spec.activation)
+    want = reference_stats(spec, weights, biases, x0, cot)
     for k, v in want.items():
         np.testing.assert_allclose(got[k].numpy(), v, rtol=1e-10, atol=1e-14, err_msg=k)
 

@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import torch
 
+from harness.archs.mlp import propagate
 from harness.sim import workspace
-from harness.sim.runner import measure, propagate, replicate_generators, sample_chunk
+from harness.sim.runner import measure, replicate_generators, sample_chunk
 from harness.sim.workspace import Workspace
 from tests.conftest import small_spec
 

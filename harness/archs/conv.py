@@ -1,9 +1,10 @@
-"""Batched conv ensembles: R stacks of stride-1 'same' convolutions, one grouped conv per layer.
+"""arch=conv: stacks of stride-1 'same' convolutions; the batched ensemble and its theory.
 
-The R members of a chunk are the groups of one grouped convolution, so activations live as
-(B, R·C, *S) (B inputs, C channels, S the spatial shape: (n,) for Conv1d, (n, n) for Conv2d) and
-a member's weight W (C_out, C_in, *k) is its group's slice of the stacked (R·C_out, C_in, *k)
-kernel. Layer l computes, per member, as nn.Conv{1,2}d(padding=(k-1)/2, padding_mode) does,
+The ensemble. The R members of a chunk are the groups of one grouped convolution per layer, so
+activations live as (B, R·C, *S) (B inputs, C channels, S the spatial shape: (n,) for Conv1d,
+(n, n) for Conv2d) and a member's weight W (C_out, C_in, *k) is its group's slice of the stacked
+(R·C_out, C_in, *k) kernel. Layer l computes, per member, as nn.Conv{1,2}d(padding=(k-1)/2,
+padding_mode) does,
 
     h^l(p) = b^l + Σ_t W^l[:, :, t] x^{l-1}(p + t)      (t over the k^d taps, centred at 0)
 
@@ -20,24 +21,66 @@ so no weight gradient of the ensemble is formed. The per-example weight gradient
 sums over positions (it is not the MLP's outer product), so its pooled second moment is computed
 exactly, per example, from the unfolded input (a bmm over chunks of examples, bounded memory).
 Statistics stay on the device and reach the host once per run (runner.measure).
+
+Theory, position-resolved. Layer l's weight W^l (C_l, C_{l-1}, *k) has tap variances v^l_t = E[W^l[:, :, t]²]
+(`Spec.tap_variances`: Var(W) at every tap, or for delta_orthogonal g²/C_l at the centre and 0
+elsewhere). With 1[·] the indicator that a position lies inside the image (always true for
+circular padding, where positions wrap), the infinite-channel recursions per position p are
+
+    q^1(p)     = σ_b² + Σ_t C_0 v^1_t 1[p+t] q_0
+    q^{l+1}(p) = σ_b² + Σ_t C_l v^{l+1}_t 1[p+t] V_φ(q^l(p+t))                   forward
+    g^L(p)     = 1
+    g^l(p)     = D_φ(q^l(p)) · Σ_t C_{l+1} v^{l+1}_t 1[p−t] g^{l+1}(p−t)          backward
+
+(δ^l(p) = φ'(h^l(p)) Σ_t W^{l+1}[:, :, t]ᵀ δ^{l+1}(p−t), under the gradient-independence
+assumption). For i.i.d. taps C_{l-1} v^l_t = σ_w,l²/∏k with σ_w,l² = fan_in·Var(W^l), so with
+circular padding every position follows the MLP recursion with σ_w² = fan_in·Var(W) forward
+and fan_out·Var(W) backward; with zero padding the border loses the taps that fall outside.
+
+The per-example weight gradient ∂loss/∂W^l[o, i, t] = Σ_p δ^l_o(p) x^{l-1}_i(p+t) sums over
+positions. Under gradient independence the cross-position terms vanish in expectation, so
+
+    E[(∂loss/∂W^l[o, i, t])²] = Σ_p g^l(p) · 1[p+t] E[x^{l-1}(p+t)²],   E[x^0²] = q_0,
+                                                                          E[x^l²] = V_φ(q^l),
+
+and `weight_grad` is its mean over taps t (not the MLP's product: it carries a factor of the
+number of positions). The pooled `forward`, `activation`, `backward` predictions are the means
+over positions of the maps. `channel_mean_sq` and `channel_var` have no theory here (NaN): they
+need the cross-input and cross-position covariance maps, not only the variances.
+
+Config keys: kernel (odd, ≤ image), image, padding_mode (zeros | circular), conv_dim (1: Conv1d,
+2: Conv2d). Capabilities: positions (positions.parquet) and criticality with circular padding
+(zero padding makes the maps position-dependent); no jacobian, lsuv, input_corr or finite-width
+band.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from harness.archs.base import CRITICALITY, POSITION, POSITIONS, Architecture, Tick
+from harness.core import validate
 from harness.core.activations import Activation
-from harness.core.spec import Spec
+from harness.core.validate import ConfigError
+from harness.sim.workspace import Workspace
 
-Tick = Callable[[], object]
+if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
+    from harness.core.spec import Spec
 
-#: prefix of the per-position statistics in `propagate`'s result, e.g. "position:forward"
-POSITION = "position:"
+PADDING_MODES = ("zeros", "circular")
+CONV_DIMS = (1, 2)
+#: Brock et al. 2021's signal-propagation statistics
+CHANNEL_QUANTITIES = ("channel_mean_sq", "channel_var")
+#: what a conv run measures
+QUANTITIES = ("forward", "activation", "backward", "weight_grad", *CHANNEL_QUANTITIES)
 
 
 def _pad(x: torch.Tensor, r: Sequence[int], padding_mode: str) -> torch.Tensor:
@@ -213,3 +256,179 @@ def bytes_per_replicate(spec: Spec) -> int:
     saved = spec.batch * P * sum(spec.widths[:-1])
     working = 8 * spec.batch * P * max(spec.widths)
     return item * (weights + saved + working + 2 * spec.depth * P + 8 * spec.depth)
+
+# ---- theory ----------------------------------------------------------------------------------
+
+def window_sum(a: np.ndarray, taps: np.ndarray, padding_mode: str, sign: int = 1) -> np.ndarray:
+    """Σ_t taps[t] · a(p + sign·t) at every position p (t the centred offsets of an odd kernel),
+    with a = 0 outside the image (zeros) or wrapped (circular); same shape as a."""
+    r = [(k - 1) // 2 for k in taps.shape]
+    mode = "wrap" if padding_mode == "circular" else "constant"
+    padded = np.pad(a, [(ri, ri) for ri in r], mode=mode)
+    out = np.zeros_like(a, dtype=np.float64)
+    for idx in itertools.product(*(range(k) for k in taps.shape)):
+        w = taps[idx]
+        if w == 0.0:
+            continue
+        sl = tuple(
+            slice(ri + sign * (j - ri), ri + sign * (j - ri) + n)
+            for j, ri, n in zip(idx, r, a.shape, strict=True)
+        )
+        out += w * padded[sl]
+    return out
+
+
+def _moment(f, q: np.ndarray) -> np.ndarray:
+    """f (Activation.V or .D) at every entry of q, each distinct value evaluated once."""
+    uniq, inv = np.unique(q, return_inverse=True)
+    return np.asarray(f(uniq), dtype=np.float64)[inv.reshape(q.shape)]
+
+
+def position_maps(spec: Spec) -> dict[str, np.ndarray]:
+    """The position-resolved maps, arrays (L, *S) for l = 1..L:
+
+    forward q^l(p), input E[(x^{l-1}(p))²] (x2), backward g^l(p), and weight_grad (L,)
+    (mean over taps of Σ_p g^l(p) 1[p+t] E[x^{l-1}(p+t)²]).
+    """
+    act: Activation = spec.activation
+    L, S, mode = spec.depth, spec.spatial, spec.padding_mode
+    taps = spec.tap_variances()
+    C = spec.widths
+    b2 = spec.bias_std**2
+    q = np.empty((L, *S))
+    x2 = np.empty((L, *S))  # E[(x^{l-1}(p))²]
+    g = np.empty((L, *S))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        x2[0] = spec.input_var
+        for l in range(L):
+            if l > 0:
+                x2[l] = _moment(act.V, q[l - 1])
+            q[l] = b2 + window_sum(x2[l], C[l] * taps[l], mode)
+        g[L - 1] = 1.0
+        for l in range(L - 2, -1, -1):
+            g[l] = _moment(act.D, q[l]) * window_sum(g[l + 1], C[l + 2] * taps[l + 1], mode, -1)
+        uniform = np.full(taps[0].shape, 1.0 / taps[0].size)
+        wg = np.array([(g[l] * window_sum(x2[l], uniform, mode)).sum() for l in range(L)])
+    return {"forward": q, "x2": x2, "backward": g, "weight_grad": wg}
+
+
+def predict(spec: Spec) -> dict[str, np.ndarray]:
+    """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64; the pooled
+    forward, activation and backward are the position means of the maps."""
+    maps = position_maps(spec)
+    axes = tuple(range(1, 1 + len(spec.spatial)))
+    nan = np.full(spec.depth, np.nan)
+    return {
+        "forward": maps["forward"].mean(axes),
+        "activation": maps["x2"][1:].mean(axes),
+        "backward": maps["backward"].mean(axes),
+        "weight_grad": maps["weight_grad"],
+        "channel_mean_sq": nan,
+        "channel_var": nan.copy(),
+    }
+
+
+# ---- the registry entry -----------------------------------------------------------------------
+def config_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """kernel, image, padding_mode, conv_dim of an arch=conv config, validated."""
+    conv_dim = cfg.get("conv_dim", 2)
+    if not validate.is_int(conv_dim) or conv_dim not in CONV_DIMS:
+        raise ConfigError(f"unknown conv_dim {conv_dim!r}; allowed: 1 (Conv1d), 2 (Conv2d)")
+    padding_mode = validate.choice(cfg, "padding_mode", PADDING_MODES, default="zeros")
+    image = validate.integer(cfg, "image", minimum=1, default=16)
+    kernel = validate.integer(cfg, "kernel", minimum=1, default=3)
+    if kernel % 2 == 0:
+        raise ConfigError(
+            f"kernel must be odd for 'same' padding at stride 1 ((kernel-1)/2 on each side); "
+            f"got kernel={kernel}; allowed: 1, 3, 5, …"
+        )
+    if kernel > image:
+        raise ConfigError(f"kernel {kernel} is larger than the image {image}; need kernel ≤ image")
+    return dict(kernel=kernel, image=image, padding_mode=padding_mode, conv_dim=int(conv_dim))
+
+
+class Conv(Architecture):
+    """arch=conv (module doc)."""
+
+    name = "conv"
+    label = "conv stacks"
+    capabilities = frozenset({CRITICALITY, POSITIONS})
+    keys: Mapping[str, str] = {"kernel": "Int64", "image": "Int64", "padding_mode": "string",
+                               "conv_dim": "Int64"}
+    all_quantities = QUANTITIES
+    # ∂loss/∂W^l[o, i, t] = Σ_p δ^l_o(p) x^{l-1}_i(p + t) sums over positions
+    weight_grad_is_outer_product = False
+
+    def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """`config_keys`."""
+        return config_keys(cfg)
+
+    def limits(self, spec: Spec, capability: str) -> str:
+        """Criticality needs circular padding."""
+        if capability == CRITICALITY and spec.padding_mode != "circular":
+            return "zero padding makes the map position-dependent; defined for circular padding"
+        return ""
+
+    def describe(self, spec: Spec) -> str:
+        """" (channels), Conv2d kernel 3, image 16×16, zeros padding"."""
+        image = "×".join([str(spec.image)] * spec.conv_dim)  # type: ignore[operator]
+        return (f" (channels), Conv{spec.conv_dim}d kernel {spec.kernel}, image {image}, "
+                f"{spec.padding_mode} padding")
+
+    def title(self, row: Mapping[str, Any]) -> str:
+        """" · kernel 3, image 16×16, zeros padding"."""
+        image = "×".join([str(row["image"])] * int(row["conv_dim"]))
+        return f" · kernel {row['kernel']}, image {image}, {row['padding_mode']} padding"
+
+    def spatial(self, spec: Spec) -> tuple[int, ...]:
+        """(image,)·conv_dim."""
+        return (spec.image,) * spec.conv_dim  # type: ignore[operator]
+
+    def kernel_shape(self, spec: Spec) -> tuple[int, ...]:
+        """(kernel,)·conv_dim."""
+        return (spec.kernel,) * spec.conv_dim  # type: ignore[operator]
+
+    def quantities(self, spec: Spec) -> tuple[str, ...]:
+        """forward, activation, backward, weight_grad and the channel statistics."""
+        return QUANTITIES
+
+    def propagate(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+        cotangent: torch.Tensor,
+        *,
+        tick: Tick | None = None,
+        workspace: Workspace | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`propagate` (module function) with the run's activation and padding (no workspace)."""
+        return propagate(weights, biases, x0, cotangent, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
+                         tick=tick)
+
+    def bytes_per_replicate(self, spec: Spec) -> int:
+        """`bytes_per_replicate` (module function)."""
+        return bytes_per_replicate(spec)
+
+    def predict(
+        self, spec: Spec, weight_variances: Sequence[float] | None = None
+    ) -> dict[str, np.ndarray]:
+        """`predict` (module function; the scheme's own variances: conv has no lsuv)."""
+        return predict(spec)
+
+    def position_maps(self, spec: Spec) -> dict[str, np.ndarray]:
+        """`position_maps` (module function)."""
+        return position_maps(spec)
+
+    def layer(
+        self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,
+        dtype: torch.dtype,
+    ) -> nn.Module:
+        """nn.Conv{conv_dim}d(n_in, n_out, kernel, padding=(kernel-1)/2, padding_mode)."""
+        Conv = nn.Conv1d if spec.conv_dim == 1 else nn.Conv2d
+        return Conv(n_in, n_out, spec.kernel, padding=(spec.kernel - 1) // 2,  # type: ignore[operator]
+                    padding_mode=spec.padding_mode, bias=bias, device=device, dtype=dtype)
+
+
+ARCH = Conv()

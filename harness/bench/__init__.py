@@ -45,7 +45,7 @@ from torch import nn
 from harness.cli import ArgumentParser, compose_config
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import ConfigError, Spec
-from harness.sim import workspace
+from harness.sim import reference, workspace
 from harness.sim.runner import measure
 
 #: (arch, depth, width, batch, replicates) of the default grid; conv: 3×3, 16×16 images
@@ -60,7 +60,8 @@ DEFAULT_GRID = [
     ("conv", 20, 64, 32, 8),
 ]
 QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2)]
-CONV_KEYS = ["kernel=3", "image=16"]
+#: the grid's keys of its own per architecture
+ARCH_KEYS = {"conv": ["kernel=3", "image=16"]}
 
 
 # ---- the naive baseline -----------------------------------------------------------------------
@@ -90,45 +91,27 @@ def _torch_init(spec: Spec) -> Callable[[torch.Tensor, torch.Generator], None]:
     return lambda w, g: init_(w.unsqueeze(0), spec.scheme, generator=g, **spec.init_kwargs())
 
 
-class _Phi(nn.Module):
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
 def naive_networks(spec: Spec, generator: torch.Generator) -> list[nn.Sequential]:
-    """One nn.Sequential of nn.Linear or nn.Conv{1,2}d (+ activation) per replicate, initialized
-    by torch.nn.init."""
+    """One reference member (`harness.sim.reference.member`: nn.Linear or nn.Conv{1,2}d layers
+    and the activation) per replicate, each layer's weight initialized by torch.nn.init and then
+    its bias drawn, layer by layer."""
     init = _torch_init(spec)
-    act = spec.activation
     nets = []
     for _ in range(spec.replicates):
-        layers: list[nn.Module] = []
-        for l, (n_out, n_in, *k) in enumerate(spec.weight_shapes):
-            if spec.is_conv:
-                conv = nn.Conv1d if spec.conv_dim == 1 else nn.Conv2d
-                lin = conv(n_in, n_out, k[0], padding=(k[0] - 1) // 2, padding_mode=spec.padding_mode,
-                           bias=spec.bias_std > 0, device=spec.device, dtype=spec.torch_dtype)
-            else:
-                lin = nn.Linear(n_in, n_out, bias=spec.bias_std > 0, device=spec.device,
-                                dtype=spec.torch_dtype)
-            with torch.no_grad():
+        net = reference.member(spec)
+        with torch.no_grad():
+            for lin in reference.layers(net):
                 init(lin.weight, generator)
                 if lin.bias is not None:
                     lin.bias.normal_(0.0, spec.bias_std, generator=generator)
-            layers.append(lin)
-            if l < spec.depth - 1:
-                layers.append(_Phi(act.phi))
-        nets.append(nn.Sequential(*layers))
+        nets.append(net)
     return nets
 
 
 def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tensor) -> dict[str, list]:
     """Hooks on one network: per layer mean h², mean φ(h)², mean δ², weight-gradient moment."""
     L = spec.depth
+    outer = spec.architecture.weight_grad_is_outer_product
     rec: dict[str, list] = {k: [0.0] * L for k in ("forward", "activation", "backward", "weight_grad")}
     x_sq: dict[int, torch.Tensor] = {}
     d_sq: dict[int, torch.Tensor] = {}
@@ -136,26 +119,26 @@ def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tens
     def fwd_hook(l: int):
         def fwd(module, inputs, h):
             rec["forward"][l] = h.detach().square().mean().item()
-            if not spec.is_conv:
+            if outer:
                 x_sq[l] = inputs[0].detach().square().mean(-1)
             if l < L - 1:
                 rec["activation"][l] = spec.activation.phi(h.detach()).square().mean().item()
 
             def bwd(grad):
                 rec["backward"][l] = grad.square().mean().item()
-                if not spec.is_conv:
+                if outer:
                     d_sq[l] = grad.square().mean(-1)
 
             h.register_hook(bwd)
 
         return fwd
 
-    linears = [m for m in net if not isinstance(m, _Phi)]
+    linears = reference.layers(net)
     handles = [lin.register_forward_hook(fwd_hook(l)) for l, lin in enumerate(linears)]
     (net(x0) * cot).sum().backward()
     for h in handles:
         h.remove()
-    if spec.is_conv:
+    if not outer:
         # the per-example weight gradient sums over positions (no product identity): a plain
         # script takes one backward pass per example, as here
         wg = np.zeros(L)
@@ -253,14 +236,15 @@ class LimitProbe:
 def workload(spec: Spec) -> tuple[float, float]:
     """(FLOPs, random numbers) the harness must spend on `spec` (see the module docstring).
 
-    A conv layer's matmul is 2·B·C_in·∏k·C_out·P (P positions); the conv runner also forms the
-    per-example weight gradient, one more such product per layer."""
+    A conv layer's matmul is 2·B·C_in·∏k·C_out·P (P positions); where the per-example weight
+    gradient is no outer product (conv) the runner forms it, one more such product per layer."""
     R, B = spec.replicates, spec.batch
-    P = math.prod(spec.spatial) if spec.is_conv else 1
+    P = math.prod(spec.spatial)  # 1 without space
+    extra = 0.0 if spec.architecture.weight_grad_is_outer_product else 1.0
     flops = rand = 0.0
     for l, shape in enumerate(spec.weight_shapes):
         mm = 2.0 * B * P * math.prod(shape)
-        flops += R * (mm + (mm if l > 0 else 0.0) + (mm if spec.is_conv else 0.0))
+        flops += R * (mm + (mm if l > 0 else 0.0) + extra * mm)
         rand += R * (math.prod(shape) + (shape[0] if spec.bias_std > 0 else 0))
     rand += R * B * P * (spec.widths[0] + spec.widths[-1])
     return flops, rand
@@ -396,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         specs = [
             Spec.from_config(compose_config([
                 f"arch={a}", f"depth={d}", f"width={w}", f"batch={b}", f"replicates={r}",
-                *(CONV_KEYS if a == "conv" else []),
+                *ARCH_KEYS.get(a, []),
                 f"device={args.device}", f"dtype={args.dtype}", "act=relu", "scheme=kaiming",
             ]))
             for a, d, w, b, r in grid

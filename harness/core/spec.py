@@ -14,36 +14,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness import archs
+from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV
 from harness.core import activations
 from harness.core import init as inits
+from harness.core.validate import ConfigError
+from harness.core.validate import choice as _choice
+from harness.core.validate import integer as _int
+from harness.core.validate import is_int as _is_int
+from harness.core.validate import is_number as _is_number
+from harness.core.validate import number as _float
 
-ARCHS = ("mlp", "conv")
+__all__ = ["ALL_QUANTITIES", "DEVICES", "DTYPES", "ConfigError", "Spec", "exact_gain"]
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-PADDING_MODES = ("zeros", "circular")
-CONV_DIMS = (1, 2)
-#: what an MLP run measures (correlation needs batch ≥ 2)
-QUANTITIES = ("forward", "activation", "backward", "weight_grad", "correlation")
-#: Brock et al. 2021's signal-propagation statistics, measured for arch=conv only
-CHANNEL_QUANTITIES = ("channel_mean_sq", "channel_var")
-#: what a conv run measures
-CONV_QUANTITIES = ("forward", "activation", "backward", "weight_grad", *CHANNEL_QUANTITIES)
-#: the input-output Jacobian's squared singular values (jacobian=k > 0, MLP; harness.sim.jacobian)
-JACOBIAN_QUANTITIES = ("jacobian_mean", "jacobian_var", "jacobian_rel_var")
-ALL_QUANTITIES = (*QUANTITIES, *CHANNEL_QUANTITIES, *JACOBIAN_QUANTITIES)
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message is one line: what, and what is allowed."""
+#: every quantity some architecture measures, in report order
+ALL_QUANTITIES = archs.all_quantities()
 
 
 @dataclass(frozen=True)
 class Spec:
     """One run: the network, its initialization, the inputs and where to compute.
 
-    widths = (n_0, n_1, …, n_L); layer l's weight has torch's layout (n_l, n_{l-1}), or for
-    arch=conv (C_l, C_{l-1}, k, …) with conv_dim kernel dims, the widths being channels.
-    kernel, image, padding_mode and conv_dim are None for arch=mlp.
+    widths = (n_0, n_1, …, n_L); layer l's weight has torch's layout (n_l, n_{l-1}, *kernel)
+    (`weight_shapes`, from the architecture's registry entry, `harness.archs`). The
+    architectures' own keys (arch=conv's kernel, image, padding_mode, conv_dim) are fields here,
+    validated by their entry, None for the other architectures.
     """
 
     depth: int
@@ -88,37 +85,32 @@ class Spec:
         return DTYPES[self.dtype]
 
     @property
-    def is_conv(self) -> bool:
-        return self.arch == "conv"
+    def architecture(self) -> archs.Architecture:
+        """The registry entry of `arch` (`harness.archs`)."""
+        return archs.get(self.arch)
 
     @property
     def spatial(self) -> tuple[int, ...]:
         """The spatial shape of every layer: () for an MLP, (image,)·conv_dim for a conv."""
-        if not self.is_conv:
-            return ()
-        return (self.image,) * self.conv_dim  # type: ignore[operator]
+        return self.architecture.spatial(self)
 
     @property
     def kernel_shape(self) -> tuple[int, ...]:
         """The kernel's spatial shape: () for an MLP, (k,)·conv_dim for a conv."""
-        if not self.is_conv:
-            return ()
-        return (self.kernel,) * self.conv_dim  # type: ignore[operator]
+        return self.architecture.kernel_shape(self)
 
     @property
     def quantities(self) -> tuple[str, ...]:
-        """The quantities measured for this arch: conv adds the channel statistics; an MLP adds
-        the correlation between inputs when it has at least two (batch ≥ 2)."""
-        if self.is_conv:
-            return CONV_QUANTITIES
-        base = QUANTITIES if self.batch >= 2 else QUANTITIES[:-1]
-        return (*base, *JACOBIAN_QUANTITIES) if self.jacobian else base
+        """The quantities measured for this run, as its architecture says: an MLP measures the
+        correlation between inputs when it has at least two (batch ≥ 2) and jacobian_* with
+        jacobian=k; a conv the channel statistics."""
+        return self.architecture.quantities(self)
 
     @property
     def weight_shapes(self) -> list[tuple[int, ...]]:
         """One member's weight shape per layer, l = 1..L: (n_l, n_{l-1}) for an MLP,
         (C_l, C_{l-1}, *kernel_shape) for a conv."""
-        return [(self.widths[l + 1], self.widths[l], *self.kernel_shape) for l in range(self.depth)]
+        return self.architecture.weight_shapes(self)
 
     def weight_variances(self) -> list[float]:
         """Var(W^l) per layer, from the one function the sampler uses too."""
@@ -167,10 +159,8 @@ class Spec:
             "jacobian": self.jacobian,
             "dtype": self.dtype,
             "device": self.device,
-            "kernel": self.kernel,
-            "image": self.image,
-            "padding_mode": self.padding_mode,
-            "conv_dim": self.conv_dim,
+            # every architecture's own keys (None where they do not apply): one set of columns
+            **{k: getattr(self, k) for k in archs.column_dtypes()},
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,7 +183,7 @@ class Spec:
             pass
         cfg = dict(cfg)
 
-        arch = _choice(cfg, "arch", ARCHS, default="mlp")
+        arch = archs.get(cfg.get("arch", "mlp"))
         depth = _int(cfg, "depth", minimum=1)
         width = cfg.get("width")
         widths_cfg = cfg.get("widths")
@@ -251,18 +241,19 @@ class Spec:
         device = _resolve_device(cfg.get("device", "auto"))
         dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
-        conv = _conv_keys(cfg) if arch == "conv" else {}
-        if arch == "conv" and inits.scheme(scheme_name).family == "lsuv":
-            raise ConfigError("scheme lsuv calibrates MLPs only; for arch=conv choose another scheme")
-        if arch == "conv" and input_corr != 0:
-            raise ConfigError(f"input_corr is implemented for arch=mlp only; for arch=conv leave it "
-                              f"at 0 (got {input_corr!r})")
+        own = arch.config(cfg)  # the architecture's own keys, validated by its entry
+        if inits.scheme(scheme_name).family == "lsuv" and LSUV not in arch.capabilities:
+            raise ConfigError(f"scheme lsuv calibrates {archs.labels(LSUV)} only; for "
+                              f"arch={arch.name} choose another scheme")
+        if input_corr != 0 and INPUT_CORR not in arch.capabilities:
+            raise ConfigError(f"input_corr is implemented for {archs.names(INPUT_CORR)} only; for "
+                              f"arch={arch.name} leave it at 0 (got {input_corr!r})")
         if inits.scheme(scheme_name).family == "delta_orthogonal":
             _check_delta_orthogonal(widths)
         jacobian = _jacobian(cfg, arch, batch)
 
         return cls(
-            arch=arch,
+            arch=arch.name,
             depth=depth,
             widths=widths,
             width=width,
@@ -282,7 +273,7 @@ class Spec:
             device=device,
             dtype=dtype,
             memory_budget_mb=budget,
-            **conv,
+            **own,
             scheme_params=tuple(params.items()),
             input_corr=float(input_corr),
             jacobian=jacobian,
@@ -290,66 +281,15 @@ class Spec:
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _int(cfg: Mapping[str, Any], key: str, *, minimum: int, default: int | None = None) -> int:
-    v = cfg.get(key, default)
-    if not _is_int(v) or v < minimum:
-        raise ConfigError(f"{key} must be an integer ≥ {minimum}; got {v!r}")
-    return int(v)
-
-
-def _float(
-    cfg: Mapping[str, Any], key: str, *, minimum: float, default: float, strict: bool = False
-) -> float:
-    v = cfg.get(key, default)
-    ok = _is_number(v) and (v > minimum if strict else v >= minimum)
-    if not ok:
-        bound = f"> {minimum:g}" if strict else f"≥ {minimum:g}"
-        raise ConfigError(f"{key} must be a finite number {bound}; got {v!r}")
-    return float(v)
-
-
-def _choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...], *, default: str) -> str:
-    v = cfg.get(key, default)
-    if v not in allowed:
-        raise ConfigError(f"unknown {key} {v!r}; allowed: {', '.join(allowed)}")
-    return str(v)
-
-
-def _conv_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """kernel, image, padding_mode, conv_dim of an arch=conv config, validated."""
-    conv_dim = cfg.get("conv_dim", 2)
-    if not _is_int(conv_dim) or conv_dim not in CONV_DIMS:
-        raise ConfigError(f"unknown conv_dim {conv_dim!r}; allowed: 1 (Conv1d), 2 (Conv2d)")
-    padding_mode = _choice(cfg, "padding_mode", PADDING_MODES, default="zeros")
-    image = _int(cfg, "image", minimum=1, default=16)
-    kernel = _int(cfg, "kernel", minimum=1, default=3)
-    if kernel % 2 == 0:
-        raise ConfigError(
-            f"kernel must be odd for 'same' padding at stride 1 ((kernel-1)/2 on each side); "
-            f"got kernel={kernel}; allowed: 1, 3, 5, …"
-        )
-    if kernel > image:
-        raise ConfigError(f"kernel {kernel} is larger than the image {image}; need kernel ≤ image")
-    return dict(kernel=kernel, image=image, padding_mode=padding_mode, conv_dim=int(conv_dim))
-
-
-def _jacobian(cfg: Mapping[str, Any], arch: str, batch: int) -> int:
+def _jacobian(cfg: Mapping[str, Any], arch: archs.Architecture, batch: int) -> int:
     """`jacobian`: how many of each replicate's inputs get their exact Jacobian (0: none)."""
     k = cfg.get("jacobian", 0)
     if not _is_int(k) or not 0 <= k <= batch:
         raise ConfigError(f"jacobian must be an integer in [0, batch={batch}]: the inputs per "
                           f"network at which the input-output Jacobian is formed (0: off); got {k!r}")
-    if k and arch != "mlp":
-        raise ConfigError(f"jacobian is implemented for arch=mlp only; for arch={arch} leave it "
-                          f"at 0 (got jacobian={k})")
+    if k and JACOBIAN not in arch.capabilities:
+        raise ConfigError(f"jacobian is implemented for {archs.names(JACOBIAN)} only; for "
+                          f"arch={arch.name} leave it at 0 (got jacobian={k})")
     return int(k)
 
 

@@ -11,6 +11,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from harness import archs  # noqa: E402
+
 LABELS = {
     "forward": "forward: mean $(h^l)^2$",
     "activation": r"activation: mean $\phi(h^l)^2$",
@@ -51,10 +53,7 @@ def title_of(df: pd.DataFrame) -> str:
     row = df.iloc[0]
     width = row["width"] if pd.notna(row["width"]) else f"[{row['widths']}]"
     act = row["act"] + (f"({row['act_params']})" if row.get("act_params") else "")
-    conv = ""
-    if row["arch"] == "conv":
-        image = "×".join([str(row["image"])] * int(row["conv_dim"]))
-        conv = f" · kernel {row['kernel']}, image {image}, {row['padding_mode']} padding"
+    conv = archs.get(row["arch"]).title(row)  # e.g. conv's kernel, image and padding
     gain = "n/a" if pd.isna(row["gain"]) else f"{row['gain']:.3g}"
     return (
         f"{row['arch']} · {row['scheme']} (gain {gain}, {row['mode']}) · {act} · "

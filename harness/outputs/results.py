@@ -27,16 +27,17 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from harness import archs
 from harness.core.spec import Spec
 
 METRICS = "metrics.parquet"
 METADATA = "metadata.json"
 POSITIONS = "positions.parquet"
 JACOBIAN = "jacobian.parquet"
-#: config columns that are null for some runs (width with `widths`; the conv keys for an MLP),
-#: with nullable dtypes so that frames of every kind of run concatenate
-NULLABLE = {"width": "Int64", "kernel": "Int64", "image": "Int64", "conv_dim": "Int64",
-            "padding_mode": "string"}
+#: config columns that are null for some runs (width with `widths`; every architecture's own keys
+#: for the others, e.g. conv's for an MLP), with nullable dtypes so that frames of every kind of
+#: run concatenate
+NULLABLE = {"width": "Int64", **archs.column_dtypes()}
 #: tests only: "NAME:N" kills this process (SIGKILL) at its N-th atomic write of NAME, after the
 #: temporary file is written and before the rename, as an out-of-memory kill or a power cut would
 FAULT_ENV = "HARNESS_FAULT_KILL_BEFORE_RENAME"
@@ -86,8 +87,8 @@ def _with_config(df: pd.DataFrame, spec: Spec) -> list[str]:
 def positions_frame(
     spec: Spec, measured: Mapping[str, np.ndarray], predicted: Mapping[str, np.ndarray]
 ) -> pd.DataFrame:
-    """One row per (layer, position, quantity) of a conv run: `value` = the replicate mean,
-    `sem` = its standard error, `theory` = the position-resolved prediction.
+    """One row per (layer, position, quantity) of a run with positions (arch=conv): `value` =
+    the replicate mean, `sem` = its standard error, `theory` = the position-resolved prediction.
 
     measured: quantity -> (R, L, *S); predicted: quantity -> (L, *S). Positions are `row`, `col`
     (Conv2d) or `pos` (Conv1d), 0-based.

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness import archs
+from harness.archs.base import FINITE_WIDTH_BAND
 from harness.cli import ArgumentParser
 from harness.outputs.plots import plt
 from harness.outputs.results import atomic_write_bytes, layer_matrix, load
@@ -57,7 +59,8 @@ def expected_bias(run: pd.DataFrame, meta: dict[str, Any]) -> float:
     a = {"relu": 0.0, "linear": 1.0}.get(spec["act"])
     if spec["act"] == "leaky_relu":
         a = float(spec["act_params"]["negative_slope"])
-    if a is None or spec["bias_std"] > 0 or spec["arch"] != "mlp":
+    if (a is None or spec["bias_std"] > 0
+            or FINITE_WIDTH_BAND not in archs.get(spec["arch"]).capabilities):
         return 0.0
     corr = _per_layer(run, "correlation", "theory")
     rho = corr.mean(0) if corr is not None else np.ones(spec["depth"])

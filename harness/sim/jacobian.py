@@ -1,7 +1,8 @@
 """The input-output Jacobian's squared singular values (Pennington, Schoenholz & Ganguli 2017).
 
 With `jacobian=k > 0` each replicate's exact Jacobian J^l = ∂h^l/∂x^0 (n_l × n_0) is formed at
-its first k inputs, layer by layer (shapes: R replicates, k inputs, n units):
+its first k inputs, layer by layer along `harness.sim.dense.forward` (shapes: R replicates,
+k inputs, n units):
 
     J^1 = W^1,    J^{l+1} = W^{l+1} diag(φ'(h^l)) J^l
 
@@ -50,6 +51,7 @@ import torch
 from harness.core.activations import Activation
 from harness.core.init import scheme as scheme_entry
 from harness.core.quadrature import gaussian_expectation
+from harness.sim import dense
 
 #: what `jacobian=k > 0` adds to an MLP run's quantities
 QUANTITIES = ("jacobian_mean", "jacobian_var", "jacobian_rel_var")
@@ -81,13 +83,11 @@ def propagate(
     R, k, n0 = x0.shape
     L = len(weights)
     out = {q: x0.new_empty(R, L) for q in QUANTITIES}
-    x, d, J = x0, None, None
+    d, J = None, None
     eig = None
-    for l, W in enumerate(weights):
+    for layer in dense.forward(weights, biases, x0, act, fused=False):
+        l, h, W = layer.index, layer.h, weights[layer.index]  # h: (R, k, n_l)
         n = W.shape[1]
-        h = torch.bmm(x, W.mT)  # (R, k, n_l)
-        if biases is not None:
-            h += biases[l].unsqueeze(1)
         if J is None:  # J^1 = W^1 at every input; kept as (R, n_l, k·n_0) for one bmm per layer
             J = W.unsqueeze(2).expand(R, n, k, n0).reshape(R, n, k * n0)
         else:  # J^l = W^l diag(φ'(h^{l-1})) J^{l-1}
@@ -105,8 +105,7 @@ def propagate(
                 eig = torch.cat([eig.new_zeros(R, k, n0 - sv.shape[-1]), eig], -1)
             eig = eig.to(x0.dtype)
         if l < L - 1:
-            d = act.dphi(h)
-            x = act.phi(h)
+            d = act.dphi(h)  # φ'(h^l); x^l = φ(h^l) follows in dense.forward
     return out, eig
 
 

@@ -31,14 +31,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from harness.core.activations import Activation
 from harness.core.init import weight_variance
-from harness.core.spec import Spec
+from harness.sim import dense
+from harness.sim.inputs import Generators, draw_inputs
+
+if TYPE_CHECKING:  # type hints only: the MLP's registry entry uses this module, and Spec the registry
+    from harness.core.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,10 @@ def calibrate(
     scales = np.ones((R, L))
     iterations = np.zeros((R, L), dtype=np.int64)
     variance = np.empty((R, L))
-    def layer_output(l: int, x: torch.Tensor) -> torch.Tensor:
-        h = torch.bmm(x, weights[l].transpose(1, 2))  # (R, B, n_l)
-        return h + biases[l].unsqueeze(1) if biases is not None else h
-
-    for l, W in enumerate(weights):
-        h = layer_output(l, x)
-        v = h.var(dim=(1, 2), unbiased=False).double()  # (R,)
+    for layer in dense.forward(weights, biases, x, act, fused=False):
+        l, W = layer.index, weights[layer.index]
+        b = None if biases is None else biases[l]
+        v = layer.h.var(dim=(1, 2), unbiased=False).double()  # (R,)
         for _ in range(max_iter):
             todo = ((v - 1).abs() >= tol) & torch.isfinite(v) & (v > 0)
             if not bool(todo.any()):
@@ -84,11 +85,9 @@ def calibrate(
             W.mul_(factor.to(W.dtype)[:, None, None])
             scales[:, l] *= factor.cpu().numpy()
             iterations[:, l] += todo.cpu().numpy()
-            h = layer_output(l, x)
-            v = h.var(dim=(1, 2), unbiased=False).double()
+            layer.h = dense.affine(layer.x, W, b, fused=False)  # x^l = φ(h^l) of the rescaled W^l
+            v = layer.h.var(dim=(1, 2), unbiased=False).double()
         variance[:, l] = v.cpu().numpy()
-        if l < L - 1:
-            x = act.phi(h)
     converged = np.abs(variance - 1) < tol
     return Calibration(scales, iterations, variance, converged)
 
@@ -97,12 +96,10 @@ def calibrate_spec(
     spec: Spec,
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor] | None,
-    generator: torch.Generator | Sequence[torch.Generator],
+    generator: Generators,
 ) -> Calibration:
     """`calibrate` a chunk of the run's networks on a fresh batch of `spec.batch` inputs
     (drawn from `generator`: one stream, or each replicate's own)."""
-    from harness.sim.runner import draw_inputs
-
     params = dict(spec.scheme_params)
     x = draw_inputs(spec, weights[0].shape[0], generator)
     return calibrate(weights, biases, x, spec.activation, tol=params["tol"],

@@ -1,5 +1,5 @@
 """Fixed points, criticality and depth scales of the mean-field maps (Poole et al. 2016,
-Schoenholz et al. 2017; THEORY.md), for square layers with constant σ_w², σ_b²:
+Schoenholz et al. 2017), for square layers with constant σ_w², σ_b²:
 
     length map        q ↦ f(q) = σ_w² V_φ(q) + σ_b²;        q* = f(q*)
     χ_1               = σ_w² D_φ(q*)                         (per-layer gradient factor)
@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from harness import archs
+from harness.archs.base import CRITICALITY
 from harness.core.activations import Activation
 from harness.core.init import fans
 from harness.core.spec import Spec
@@ -175,8 +177,9 @@ def _phase(chi: float) -> str:
 
 
 def for_spec(spec: Spec, weight_variances: Sequence[float] | None = None) -> Criticality:
-    """`analyze` for a run, where defined: n_1 = … = n_L, depth ≥ 2 and σ_w,l² equal for
-    l = 2..L (the first layer only sets q¹); otherwise every entry "n/a" with the reason."""
+    """`analyze` for a run, where defined: n_1 = … = n_L, depth ≥ 2, an architecture that
+    supports criticality for this run, and σ_w,l² equal for l = 2..L (the first layer only sets
+    q¹); otherwise every entry "n/a" with the reason."""
 
     def na(reason: str) -> Criticality:
         return Criticality(None, None, None, None, None, None, None, "n/a", reason)
@@ -185,8 +188,9 @@ def for_spec(spec: Spec, weight_variances: Sequence[float] | None = None) -> Cri
         return na("depth 1 has no layer-to-layer map")
     if len(set(spec.widths[1:])) != 1:
         return na("defined for square layers n_1 = … = n_L only")
-    if spec.is_conv and spec.padding_mode != "circular":
-        return na("zero padding makes the map position-dependent; defined for circular padding")
+    reason = archs.why_not(spec, CRITICALITY)  # the architecture's (conv: circular padding only)
+    if reason:
+        return na(reason)
     var_w = np.asarray(spec.weight_variances() if weight_variances is None else weight_variances)
     fan_in = np.array([fans(s)[0] for s in spec.weight_shapes], dtype=np.float64)
     s2 = fan_in * var_w

@@ -11,7 +11,7 @@ factors. For one input x_b, with q̂^l_b = ‖h^l_b‖²/n_l:
 
 with g = h^k normalised by its conditional std (iid N(0, 1) given the layers below, whatever
 σ_w is) and m_2 = (1+a²)/2. Its log is a sum of independent terms of variance ≈ 5/n_k for relu:
-Hanin & Nica's log-normal with variance ≈ 5β, β = Σ 1/n_k (THEORY.md).
+Hanin & Nica's log-normal with variance ≈ 5β, β = Σ 1/n_k.
 
 What the harness measures is pooled over the batch: F^l = mean_b q̂^l_b. Two inputs a ≠ b of one
 network share the weights, so their factors are correlated through the correlation ρ_k of their
@@ -50,6 +50,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from harness import archs
+from harness.archs.base import FINITE_WIDTH_BAND
 from harness.core import init as inits
 from harness.core.activations import get as get_activation
 from harness.core.quadrature import gaussian_expectation_2d
@@ -86,8 +88,9 @@ def slope(spec: Spec) -> float | None:
 
 def undefined_reason(spec: Spec) -> str:
     """Why the band is not defined for this run ("" if it is)."""
-    if spec.is_conv:
-        return "defined for MLPs (arch=mlp) only"
+    reason = archs.why_not(spec, FINITE_WIDTH_BAND)  # e.g. "defined for MLPs (arch=mlp) only"
+    if reason:
+        return reason
     if slope(spec) is None:
         return f"defined for the relu family (relu, leaky_relu, linear), not {spec.act}"
     entry = inits.scheme(spec.scheme)

@@ -1,4 +1,7 @@
-"""Mean-field predictions for the quantities the runner measures (THEORY.md).
+"""Mean-field predictions for the quantities the runner measures.
+
+`predict` asks the run's architecture (`harness.archs`); the dense recursions below (`dense`)
+are the MLP's.
 
 With σ_w,l² = n_{l-1}·Var(W^l) from `Spec.weight_variances` (the sampler's own function):
 
@@ -16,20 +19,21 @@ with c_0 = input_corr and C_φ(q, c) = E[φ(u_1)φ(u_2)], (u_1, u_2) ~ N(0, q[[1
 exact for relu-family and linear networks' expectations. The measured correlation is a mean of
 cosines, whose expectation differs from c^l by O(1/n). With jacobian=k the Jacobian's spectrum
 moments follow `harness.sim.jacobian.predict` (free probability). Conv stacks (arch=conv) follow the
-position-resolved recursions of `harness.archs.conv_theory`.
+position-resolved recursions of `harness.archs.conv`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.archs import conv_theory
 from harness.core.activations import Activation
 from harness.core.init import fans
-from harness.core.spec import Spec
-from harness.sim import jacobian
+
+if TYPE_CHECKING:  # type hints only: the MLP's registry entry uses `dense`, and Spec the registry
+    from harness.core.spec import Spec
 
 
 def sigma_w2(spec: Spec) -> np.ndarray:
@@ -60,12 +64,19 @@ def correlation_map(
 def predict(
     spec: Spec, weight_variances: Sequence[float] | None = None
 ) -> dict[str, np.ndarray]:
-    """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64.
+    """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64, from the
+    run's architecture (`harness.archs.base.Architecture.predict`).
 
     `weight_variances` replaces the scheme's Var(W^l) (lsuv: the realized, data-dependent ones).
     """
-    if spec.is_conv:
-        return conv_theory.predict(spec)
+    return spec.architecture.predict(spec, weight_variances)
+
+
+def dense(
+    spec: Spec, weight_variances: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
+    """The dense recursions of the module doc for an MLP: forward, activation, backward,
+    weight_grad and correlation per layer, float64 (`weight_variances` as in `predict`)."""
     act = spec.activation
     L = spec.depth
     var_w = np.array(spec.weight_variances() if weight_variances is None else weight_variances,
@@ -87,9 +98,7 @@ def predict(
         rows = np.array([s[0] for s in spec.weight_shapes], dtype=np.float64)
         for l in range(L - 2, -1, -1):
             g[l] = D[l] * rows[l + 1] * var_w[l + 1] * g[l + 1]
-        jac = (jacobian.predict(act, spec.scheme, spec.widths, var_w, q) if spec.jacobian else {})
         return {
-            **jac,
             "forward": q,
             "activation": x2[1:].copy(),
             "backward": g,

@@ -1,0 +1,248 @@
+"""arch=mlp: stacks of dense layers, h^l = W^l x^{l-1} + b^l, x^l = φ(h^l), a linear readout.
+
+All R members of a chunk go through each layer as one batched matmul over a leading replicate
+dimension (shapes in comments: R replicates, B inputs, n units; the loop is
+`harness.sim.dense.forward`). The backward pass is written out (δ^l = φ'(h^l) ⊙ δ^{l+1} W^{l+1}),
+so no weight gradient is ever formed; the per-example weight-gradient moment uses
+
+    mean_{b,i,j} (δ_bi x_bj)² = mean_b[ mean_i δ_bi² · mean_j x_bj² ],
+
+so per-example gradients are never materialized either. Statistics stay on the device as (R, L)
+tensors and reach the host once per run (`harness.sim.runner.measure`).
+
+`correlation` is the mean cosine similarity of the pre-activations h^l_a, h^l_b of distinct
+inputs a ≠ b of one network, from one sum: with u_b = h_b/‖h_b‖,
+Σ_{a≠b} cos(h_a, h_b) = ‖Σ_b u_b‖² − Σ_b ‖u_b‖² (measured when batch ≥ 2).
+
+Theory: the mean-field recursions of `harness.theory.meanfield.dense`, and with jacobian=k the
+free-probability moments of `harness.sim.jacobian.predict`. Supports every capability but
+positions (it has no space): jacobian, lsuv (`harness.sim.lsuv`), input_corr, criticality and
+the finite-width band.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.archs.base import (
+    CRITICALITY,
+    FINITE_WIDTH_BAND,
+    INPUT_CORR,
+    JACOBIAN,
+    LSUV,
+    Architecture,
+    Tick,
+)
+from harness.core.activations import Activation
+from harness.sim import dense, jacobian, lsuv
+from harness.sim.workspace import Workspace
+from harness.theory import meanfield
+
+if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
+    from harness.core.spec import Spec
+
+#: what an MLP run measures (correlation needs batch ≥ 2)
+QUANTITIES = ("forward", "activation", "backward", "weight_grad", "correlation")
+
+
+def mean_cosine(h: torch.Tensor, sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pairs a ≠ b of cos(h_a, h_b) for h (R, B, n): (R,). `sq_norm` (R, B) may pass
+    the precomputed ‖h_b‖².
+
+    Inputs whose h is exactly 0 (a dead relu layer at tiny width) have no direction and are
+    left out; nan when fewer than two remain.
+    """
+    if sq_norm is None:
+        sq_norm = h.square().sum(-1)
+    alive = sq_norm > 0  # (R, B)
+    inv = torch.where(alive, sq_norm.clamp(min=torch.finfo(h.dtype).tiny).rsqrt(), 0.0)
+    s = torch.bmm(inv.unsqueeze(1), h).squeeze(1)  # Σ_b h_b/‖h_b‖, (R, n)
+    k = alive.sum(1).to(h.dtype)  # inputs with a direction, (R,)
+    total = s.square().sum(-1) - k  # Σ_{a≠b} u_a·u_b, (R,)
+    return torch.where(k >= 2, total / (k * (k - 1)).clamp(min=1), torch.nan)
+
+
+def propagate(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    cotangent: torch.Tensor,
+    act: Activation,
+    tick: Tick | None = None,
+    workspace: Workspace | None = None,
+) -> dict[str, torch.Tensor]:
+    """Forward and backward through a stacked MLP ensemble; per-replicate pooled moments.
+
+    Args:
+        weights: L tensors (R, n_l, n_{l-1}).  biases: L tensors (R, n_l), or None.
+        x0: inputs (R, B, n_0).  cotangent: r = ∂loss/∂y, (R, B, n_L).
+
+    Returns (R, L) tensors (activation: (R, L-1)), for l = 1..L:
+        forward = mean (h^l)²,  activation = mean φ(h^l)² (l < L),  backward = mean (δ^l)²,
+        weight_grad = mean_b[mean_i (δ^l_bi)² · mean_j (x^{l-1}_bj)²],
+        correlation = mean_{a≠b} cos(h^l_a, h^l_b) (only when B ≥ 2).
+
+    With a `workspace` the saved activations and the δ buffers come from it (reused memory;
+    `harness.sim.workspace`), else they are allocated here.
+    """
+    L = len(weights)
+    R = x0.shape[0]
+    stat = dict(
+        forward=x0.new_empty(R, L),
+        activation=x0.new_empty(R, L - 1),
+        backward=x0.new_empty(R, L),
+        weight_grad=x0.new_empty(R, L),
+    )
+    if x0.shape[1] >= 2:
+        stat["correlation"] = x0.new_empty(R, L)
+    x_sq: list[torch.Tensor] = []  # mean_j (x^{l-1}_bj)², (R, B)
+    # what the backward pass needs of layer l < L: x^l = φ(h^l) where φ's backward kernel reads
+    # its output (relu, tanh, sigmoid, elu, selu: φ is then applied in place, and the saved
+    # buffer is also the next layer's input), else h^l; δ^l = φ'(h^l) ⊙ (…) is then one fused
+    # kernel (Activation.backward_), with no φ' tensor formed
+    saved: list[torch.Tensor | None] = []
+    B, n_max = x0.shape[1], max(W.shape[1] for W in weights)
+    ws = workspace if workspace is not None else Workspace()  # a throwaway one: fresh memory
+    # two ping-pong buffers hold the readout h^L and then δ^l: no allocation (and no first-touch
+    # page faults) per layer
+    buf = [ws.take(f"h{i}", (R * B * n_max,), x0.dtype, x0.device) for i in (0, 1)]
+
+    def slot(i: int, n: int) -> torch.Tensor:
+        return buf[i % 2][: R * B * n].view(R, B, n)
+
+    def out(l: int, n: int) -> torch.Tensor:  # h^l: kept for the backward (l < L) or the readout
+        return ws.take(f"saved{l}", (R, B, n), x0.dtype, x0.device) if l < L - 1 else slot(l, n)
+
+    h_prev = x0
+    for layer in dense.forward(weights, biases, x0, act, out=out, in_place=True):
+        l, h = layer.index, layer.h
+        xs = _mean_sq_rows(layer.x)  # the layer's input moment: for l > 0, layer l-1's activation
+        x_sq.append(xs)
+        if l > 0:
+            stat["activation"][:, l - 1] = xs.mean(-1)
+            saved.append(layer.x if act.saves_output else h_prev)  # x^l = φ(h^l) in h^l's buffer
+        sq_norm = torch.linalg.vector_norm(h, dim=-1).square()  # ‖h_b‖², (R, B)
+        stat["forward"][:, l] = sq_norm.mean(-1) / h.shape[-1]
+        if "correlation" in stat:
+            stat["correlation"][:, l] = mean_cosine(h, sq_norm)
+        h_prev = h
+        if tick is not None:
+            tick()
+    delta = cotangent  # δ^L = r: the readout is linear
+    for l in range(L - 1, -1, -1):
+        if l < L - 1:
+            o = slot(l, weights[l + 1].shape[2])
+            delta = torch.bmm(delta, weights[l + 1], out=o)  # (R, B, n_l)
+            act.backward_(delta, saved[l])  # δ^l ⊙= φ'(h^l)
+            saved[l] = None
+        d_sq = _mean_sq_rows(delta)  # mean_i δ_bi², (R, B)
+        stat["backward"][:, l] = d_sq.mean(-1)
+        stat["weight_grad"][:, l] = (d_sq * x_sq[l]).mean(-1)
+        if tick is not None:
+            tick()
+    return stat
+
+
+def _mean_sq_rows(t: torch.Tensor) -> torch.Tensor:
+    """mean over the last dim of t², in one pass without a t-sized temporary: (R, B)."""
+    return torch.linalg.vector_norm(t, dim=-1).square_().div_(t.shape[-1])
+
+
+def bytes_per_replicate(spec: Spec) -> int:
+    """Peak bytes one replicate needs: its weights, the saved φ'(h), a few activations, and
+    with jacobian=k its Jacobians (`harness.sim.jacobian.bytes_per_replicate`)."""
+    item = torch.empty((), dtype=spec.torch_dtype).element_size()
+    weights = sum(math.prod(s) for s in spec.weight_shapes)
+    saved = spec.batch * sum(spec.widths[1:-1])
+    working = 4 * spec.batch * max(spec.widths)
+    jac = jacobian.bytes_per_replicate(spec.jacobian, spec.widths, item) if spec.jacobian else 0
+    return item * (weights + saved + working + (spec.depth + 1) * spec.batch) + jac
+
+
+class MLP(Architecture):
+    """arch=mlp (module doc)."""
+
+    name = "mlp"
+    label = "MLPs"
+    capabilities = frozenset({JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND})
+    keys: Mapping[str, str] = {}
+    all_quantities = (*QUANTITIES, *jacobian.QUANTITIES)
+    weight_grad_is_outer_product = True
+
+    def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """No keys of its own (the conv keys in a config are ignored)."""
+        return {}
+
+    def quantities(self, spec: Spec) -> tuple[str, ...]:
+        """forward, activation, backward, weight_grad, correlation (batch ≥ 2), and jacobian_*
+        with jacobian=k > 0."""
+        base = QUANTITIES if spec.batch >= 2 else QUANTITIES[:-1]
+        return (*base, *jacobian.QUANTITIES) if spec.jacobian else base
+
+    def propagate(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+        cotangent: torch.Tensor,
+        *,
+        tick: Tick | None = None,
+        workspace: Workspace | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`propagate` (module function) with the run's activation."""
+        return propagate(weights, biases, x0, cotangent, spec.activation, tick, workspace)
+
+    def bytes_per_replicate(self, spec: Spec) -> int:
+        """`bytes_per_replicate` (module function)."""
+        return bytes_per_replicate(spec)
+
+    def jacobian(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`harness.sim.jacobian.propagate` with the last layer's spectrum."""
+        return jacobian.propagate(weights, biases, x0, spec.activation, spectrum=True)
+
+    def calibrate(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        generator: torch.Generator | Sequence[torch.Generator],
+    ) -> lsuv.Calibration:
+        """`harness.sim.lsuv.calibrate_spec`."""
+        return lsuv.calibrate_spec(spec, weights, biases, generator)
+
+    def predict(
+        self, spec: Spec, weight_variances: Sequence[float] | None = None
+    ) -> dict[str, np.ndarray]:
+        """`harness.theory.meanfield.dense`, and with jacobian=k `harness.sim.jacobian.predict`
+        from its forward prediction."""
+        out = meanfield.dense(spec, weight_variances)
+        if not spec.jacobian:
+            return out
+        var_w = np.array(spec.weight_variances() if weight_variances is None else weight_variances,
+                         dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            jac = jacobian.predict(spec.activation, spec.scheme, spec.widths, var_w, out["forward"])
+        return {**jac, **out}
+
+    def layer(
+        self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,
+        dtype: torch.dtype,
+    ) -> nn.Module:
+        """nn.Linear(n_in, n_out)."""
+        return nn.Linear(n_in, n_out, bias=bias, device=device, dtype=dtype)
+
+
+ARCH = MLP()
