@@ -13,7 +13,7 @@ How to add an architecture
      is allowed")`), returned as {key: value}; declare them in `keys` with the nullable pandas
      dtype of their column. Each key is a field of `harness.core.spec.Spec` with default None
      (add it there: every run carries every architecture's keys, None where they do not apply,
-     so that results of all runs concatenate; `harness.conf/config.yaml` gives the default);
+     so that results of all runs concatenate; `harness/conf/config.yaml` gives the default);
    - shapes: `spatial(spec)` and `kernel_shape(spec)` (() without space), `weight_shapes`
      (default (n_l, n_{l-1}, *kernel_shape), torch's layout, from which the init schemes read
      their fans);
