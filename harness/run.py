@@ -3,8 +3,7 @@
 A thin `@hydra.main` around `execute(cfg, out_dir)`, the plain function tests call on a composed
 config. Outputs (in Hydra's run directory): metrics.parquet, metadata.json, config.yaml,
 variance.png, for architectures with positions (arch=conv) positions.parquet and positions.png,
-and with jacobian=k
-jacobian.parquet (the last layer's Jacobian spectrum); `metrics.parquet` is
+and with jacobian=k jacobian.parquet (the last layer's Jacobian spectrum); `metrics.parquet` is
 written last, atomically, and marks a complete run.
 """
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.sim.lsuv import Calibration
 from harness.sim.workspace import Workspace
 
 if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
     from harness.core.spec import Spec
-    from harness.sim.lsuv import Calibration
 
 Tick = Callable[[], object]
 
