@@ -7,8 +7,9 @@ the architecture registry (commit 988d049), and annotations.json, the data-depen
 its metadata.json (spec, criticality, finite-width band, numeric events, lsuv). The test reruns
 every config (device=cpu, as they were made) and compares: every non-float column exactly, every
 float column within a tolerance derived below. On the machine that made them the outputs are
-bitwise the same (`python /work/baseline/compare.py` reported 0 differences); the tolerance is
-for another CPU's BLAS, whose matmuls and reductions may sum in another order.
+bitwise the same (every frame equal under pandas' assert_frame_equal(check_exact=True), and the
+metadata's spec, criticality, band, numeric events and lsuv equal); the tolerance is for another
+CPU's BLAS, whose matmuls and reductions may sum in another order.
 """
 
 from __future__ import annotations
