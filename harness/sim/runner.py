@@ -33,6 +33,7 @@ import torch
 from harness.archs import conv
 from harness.core.activations import Activation
 from harness.core.init import draw_, iid_form, init_
+from harness.core.init import scheme as scheme_entry
 from harness.core.spec import Spec
 from harness.sim import jacobian, workspace
 from harness.sim.workspace import Workspace
@@ -334,7 +335,7 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
         r = min(size, spec.replicates - c * size)
         generator = replicate_generators(spec, c * size, r)
         weights, biases, x0, cot = sample_chunk(spec, r, generator, ws)
-        if spec.scheme == "lsuv":  # rescale the weights on a fresh calibration batch
+        if scheme_entry(spec.scheme).calibrates_on_data:  # lsuv: rescale on a fresh batch
             from harness.sim import lsuv
 
             calibrations.append(lsuv.calibrate_spec(spec, weights, biases, generator))
