@@ -100,8 +100,9 @@ class Scheme:
     ``distribution`` parameter); `torch_name` the torch.nn.init function it reproduces (None:
     there is none); `doc` its Var(W), distribution and reference.
 
-    The base class is an iid scheme: `iid_kind` names the standard variate, `variance` its
-    Var(W), and `sample_` draws std·Z. Subclasses override what differs.
+    The base class is an iid scheme: `variance` is its Var(W) (given the resolved gain and own
+    parameters), `iid_kind` names the standard variate Z and `iid_form` the scale of the draw
+    scale·Z; a non-iid scheme (iid = False) draws in `sample_`. Subclasses override what differs.
     """
 
     name: str
@@ -158,7 +159,8 @@ class Scheme:
         return {**declared, **{k: v for k, v in params.items() if v is not None}}
 
     def own_draw(self, params: Mapping[str, Any], a: float | None = None) -> dict[str, Any]:
-        """`own` without the keys the gain is resolved from (`init_`'s `a` is kaiming's)."""
+        """`own` without the keys the gain is resolved from; `a` is `init_`'s argument, which is
+        kaiming's slope (passed to `gain`), not an own parameter, except for trunc_normal."""
         return {k: v for k, v in self.own(params).items() if k not in self.GAIN_KEYS}
 
     # ---- config ---------------------------------------------------------------------------
@@ -330,11 +332,14 @@ class TorchGain(Scheme):
 
 @dataclass(frozen=True)
 class Xavier(TorchGain):
-    """torch.nn.init.xavier_uniform_ / xavier_normal_ (Glorot & Bengio 2010, "Understanding the
-    difficulty of training deep feedforward neural networks").
+    """Fill each member's weight with values from a Xavier (Glorot) uniform or normal
+    distribution, as torch.nn.init.xavier_uniform_ / xavier_normal_.
 
-    Var(W) = 2g²/(fan_in + fan_out); uniform: U(−b, b) with b = g·√(6/(fan_in + fan_out)),
-    normal: N(0, Var(W)). g = scheme.gain (default 1).
+    The method is described in `Understanding the difficulty of training deep feedforward neural
+    networks` - Glorot, X. & Bengio, Y. (2010).
+
+        Var(W) = 2g²/(fan_in + fan_out);  uniform: U(−b, b), b = g·√(6/(fan_in + fan_out));
+        normal: N(0, Var(W)).  g = scheme.gain (default 1).
     """
 
     family: ClassVar[str] = "xavier"
@@ -346,13 +351,18 @@ class Xavier(TorchGain):
 
 @dataclass(frozen=True)
 class Kaiming(TorchGain):
-    """torch.nn.init.kaiming_uniform_ / kaiming_normal_ (He et al. 2015, "Delving deep into
-    rectifiers").
+    """Fill each member's weight with values from a Kaiming (He) uniform or normal
+    distribution, as torch.nn.init.kaiming_uniform_ / kaiming_normal_.
 
-    Var(W) = g²/fan_mode, mode fan_in | fan_out; uniform: U(−b, b) with b = g·√(3/fan_mode),
-    normal: N(0, Var(W)). g = calculate_gain(nonlinearity, a) unless scheme.gain is set; the
-    nonlinearity follows the activation where calculate_gain knows it (else torch's default
-    leaky_relu, a = 0), a the activation's negative_slope for leaky_relu (else 0).
+    The method is described in `Delving deep into rectifiers: Surpassing human-level performance
+    on ImageNet classification` - He, K. et al. (2015).
+
+        Var(W) = g²/fan_mode, mode fan_in | fan_out;  uniform: U(−b, b), b = g·√(3/fan_mode);
+        normal: N(0, Var(W)).
+
+    g = calculate_gain(nonlinearity, a) unless scheme.gain is set; the nonlinearity follows the
+    activation where calculate_gain knows it (else torch's default leaky_relu, a = 0), a is the
+    activation's negative_slope for leaky_relu (else 0).
     """
 
     family: ClassVar[str] = "kaiming"
@@ -417,11 +427,13 @@ class Kaiming(TorchGain):
 
 @dataclass(frozen=True)
 class Orthogonal(TorchGain):
-    """torch.nn.init.orthogonal_ (Saxe et al. 2014, "Exact solutions to the nonlinear dynamics of
-    learning in deep linear neural networks").
+    """Fill each member's weight with a (semi-)orthogonal matrix, as torch.nn.init.orthogonal_.
 
-    W = g·Q, Q (rows, cols = in·∏kernel) with orthonormal rows or columns from the QR of a
-    Gaussian matrix, so Var(W) = g²/max(rows, cols). g = scheme.gain (default 1).
+    The method is described in `Exact solutions to the nonlinear dynamics of learning in deep
+    linear neural networks` - Saxe, A. et al. (2014).
+
+        W = g·Q, Q (rows, cols = in·∏kernel) with orthonormal rows or columns (the QR of a
+        Gaussian matrix);  Var(W) = g²/max(rows, cols).  g = scheme.gain (default 1).
     """
 
     family: ClassVar[str] = "orthogonal"
@@ -443,12 +455,14 @@ class Orthogonal(TorchGain):
 
 @dataclass(frozen=True)
 class DeltaOrthogonal(Orthogonal):
-    """Delta-orthogonal (Xiao et al. 2018, "Dynamical isometry and a mean field theory of CNNs",
-    Algorithm 2); no torch function.
+    """Fill each member's kernel with a delta-orthogonal one; there is no torch function.
 
-    The kernel's centre tap is g·H, H (out, in) with orthonormal columns (needs in ≤ out), every
-    other tap 0. Var(W), the mean over all taps, = g²/(out·∏kernel): fan_in·Var(W) = g²·in/out;
-    `tap_variances` gives the centre tap g²/out. g = scheme.gain (default 1).
+    The method is described in `Dynamical isometry and a mean field theory of CNNs: how to train
+    10,000-layer vanilla convolutional neural networks` - Xiao, L. et al. (2018), Algorithm 2.
+
+        centre tap g·H, H (out, in) with orthonormal columns (needs in ≤ out), every other tap 0;
+        Var(W) = g²/(out·∏kernel), the mean over all taps (fan_in·Var(W) = g²·in/out);
+        `taps`: g²/out on the centre tap.  g = scheme.gain (default 1).
     """
 
     default_source: str = "gain 1 (the default; no torch function)"
@@ -481,10 +495,11 @@ class DeltaOrthogonal(Orthogonal):
 # ---- schemes with a fixed gain or their own parameters ---------------------------------------
 @dataclass(frozen=True)
 class TorchDefault(Scheme):
-    """nn.Linear's (and nn.Conv*'s) default init, torch.nn.init.kaiming_uniform_(w, a=√5).
+    """Fill each member's weight as nn.Linear (and nn.Conv*) does by default:
+    torch.nn.init.kaiming_uniform_(w, a=√5).
 
-    g = calculate_gain('leaky_relu', √5) = √(1/3), so Var(W) = g²/fan_in = 1/(3·fan_in),
-    W ~ U(−1/√fan_in, 1/√fan_in). Takes no parameters.
+        g = calculate_gain('leaky_relu', √5) = √(1/3);  Var(W) = g²/fan_in = 1/(3·fan_in);
+        W ~ U(−1/√fan_in, 1/√fan_in).  Takes no parameters.
     """
 
     family: ClassVar[str] = "torch_default"
@@ -508,13 +523,17 @@ class TorchDefault(Scheme):
 
 @dataclass(frozen=True)
 class VarianceScaling(Scheme):
-    """Keras ``VarianceScaling`` / ``jax.nn.initializers.variance_scaling``, and its presets.
+    """Fill each member's weight as Keras ``VarianceScaling`` /
+    ``jax.nn.initializers.variance_scaling`` does, or one of their presets.
 
-    Var(W) = scale/fan, fan = fan_in | fan_out | fan_avg = (fan_in + fan_out)/2 | fan_geo_avg =
-    √(fan_in·fan_out) (JAX only), with distribution truncated_normal (N(0, σ²) cut at ±2σ,
-    σ = √(scale/fan)/0.8796…, so the realized variance is scale/fan), untruncated_normal
-    (N(0, scale/fan)) or uniform (U(−√(3·scale/fan), √(3·scale/fan))). A preset (lecun_*, he_*,
-    glorot_*) fixes scale, mode and distribution and takes no parameters.
+        Var(W) = scale/fan, fan = fan_in | fan_out | fan_avg = (fan_in + fan_out)/2 |
+        fan_geo_avg = √(fan_in·fan_out) (JAX only);
+        truncated_normal: N(0, σ²) cut at ±2σ, σ = √(scale/fan)/0.8796…, so Var(W) = scale/fan;
+        untruncated_normal: N(0, scale/fan);  uniform: U(−√(3·scale/fan), √(3·scale/fan)).
+
+    A preset fixes scale, mode and distribution and takes no parameters: lecun_* (`Efficient
+    BackProp` - LeCun, Y. et al. (1998)): 1, fan_in; he_* (He et al. 2015): 2, fan_in;
+    glorot_* (Glorot & Bengio 2010): 1, fan_avg. g = √scale.
     """
 
     preset: Mapping[str, Any] | None = None
@@ -576,12 +595,14 @@ def _preset(name: str, scale: float, mode: str, distribution: str, reference: st
 
 @dataclass(frozen=True)
 class TruncNormal(Scheme):
-    """torch.nn.init.trunc_normal_(w, mean, std, a, b): N(mean, std²) cut at the ABSOLUTE bounds
-    [a, b], no std correction and no fan scaling.
+    """Fill each member's weight as torch.nn.init.trunc_normal_(w, mean, std, a, b):
+    N(mean, std²) cut at the ABSOLUTE bounds [a, b], no std correction, no fan scaling.
 
-    With α = (a − μ)/σ, β = (b − μ)/σ, Z = Φ(β) − Φ(α): Var(W) = σ²[1 + (αϕ(α) − βϕ(β))/Z −
-    ((ϕ(α) − ϕ(β))/Z)²] (`trunc_normal_moments`). A run needs zero-mean weights (mean 0,
-    a = −b > 0), which the theory assumes. It has no gain (nan).
+        α = (a − μ)/σ, β = (b − μ)/σ, Z = Φ(β) − Φ(α):
+        Var(W) = σ²[1 + (αϕ(α) − βϕ(β))/Z − ((ϕ(α) − ϕ(β))/Z)²]  (`trunc_normal_moments`).
+
+    A run needs zero-mean weights (mean 0, a = −b > 0), which the theory assumes. It has no
+    gain (nan).
     """
 
     family: ClassVar[str] = "trunc_normal"
@@ -626,11 +647,14 @@ class TruncNormal(Scheme):
 
 @dataclass(frozen=True)
 class MeanField(Scheme):
-    """The mean-field parametrization (Poole et al. 2016, "Exponential expressivity in deep neural
-    networks through transient chaos"; Schoenholz et al. 2017, "Deep information propagation").
+    """Fill each member's weight in the mean-field parametrization.
 
-    W ~ N(0, σ_w²/fan_in), so Var(W) = σ_w²/fan_in; b ~ N(0, σ_b²): sigma_b2 replaces bias_std.
-    g = √σ_w².
+    The method is described in `Exponential expressivity in deep neural networks through
+    transient chaos` - Poole, B. et al. (2016) and `Deep information propagation` - Schoenholz,
+    S. et al. (2017).
+
+        W ~ N(0, σ_w²/fan_in), Var(W) = σ_w²/fan_in;  b ~ N(0, σ_b²) (sigma_b2 replaces
+        bias_std).  g = √σ_w².
     """
 
     family: ClassVar[str] = "meanfield"
@@ -663,10 +687,13 @@ class MeanField(Scheme):
 
 @dataclass(frozen=True)
 class LSUV(Orthogonal):
-    """LSUV (Mishkin & Matas 2016, "All you need is a good init"): the orthogonal pre-init (gain 1,
-    Var(W) = 1/max(rows, cols)), then layer by layer each network's weight is divided by the std
-    of its output on a calibration batch until |Var − 1| < tol (at most max_iter times;
-    `harness.sim.lsuv`), so the realized Var(W) is data-dependent.
+    """Draw each member's weight orthogonally for LSUV; the calibration is `harness.sim.lsuv`.
+
+    The method is described in `All you need is a good init` - Mishkin, D. & Matas, J. (2016).
+
+        pre-init: Var(W) = 1/max(rows, cols) (orthogonal, gain 1); then layer by layer each
+        network's weight is divided by the std of its output on a calibration batch until
+        |Var − 1| < tol (at most max_iter times), so the realized Var(W) is data-dependent.
     """
 
     family: ClassVar[str] = "lsuv"
@@ -688,7 +715,7 @@ class LSUV(Orthogonal):
 
 
 # ---- the registry -----------------------------------------------------------------------------
-_GLOROT = 'Glorot & Bengio 2010, "Understanding the difficulty of training deep feedforward networks"'
+_GLOROT = 'Glorot & Bengio 2010, "Understanding the difficulty of training deep feedforward neural networks"'
 _HE = 'He et al. 2015, "Delving deep into rectifiers"'
 _LECUN = 'LeCun et al. 1998, "Efficient BackProp"'
 
