@@ -58,7 +58,7 @@ BAD = [
     (["replicates=-2"], "replicates must be an integer ≥ 1; got -2"),
     (["depth=3", "widths=[4,4]"], "widths must list depth+1 = 4 integers"),
     (["dept=3"], "unknown config key 'dept'"),
-    (["scheme=xavier", "scheme.nonlinearity=relu"], "scheme xavier takes no nonlinearity"),
+    (["scheme=xavier", "+scheme.nonlinearity=relu"], "scheme xavier takes no nonlinearity"),
     (["act=relu", "act.negative_slope=0.1"], "unknown config key 'act.negative_slope'; keys under act: name"),
     (["scheme.nonlinearity=swish"], "scheme.nonlinearity 'swish' is not one calculate_gain knows"),
     (["input_var=0"], "input_var must be a finite number > 0"),

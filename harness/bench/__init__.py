@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from harness.cli import ArgumentParser, compose_config
+from harness.core.init import init_
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import ConfigError, Spec
 from harness.sim import reference, workspace
@@ -66,28 +67,12 @@ ARCH_KEYS = {"conv": ["kernel=3", "image=16"]}
 
 # ---- the naive baseline -----------------------------------------------------------------------
 def _torch_init(spec: Spec) -> Callable[[torch.Tensor, torch.Generator], None]:
-    """The torch.nn.init call a researcher would write for this scheme, for one weight."""
-    entry = scheme_entry(spec.scheme)
-    I = nn.init
-    if entry.family == "torch_default":
-        return lambda w, g: I.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
-    if entry.family == "kaiming":
-        fn = I.kaiming_uniform_ if entry.distribution == "uniform" else I.kaiming_normal_
-        # the gain is applied through calculate_gain(nonlinearity, a) exactly as the harness does
-        nl, a = spec.nonlinearity or "leaky_relu", spec.a or 0.0
-        if I.calculate_gain(nl, a) == spec.gain:
-            return lambda w, g: fn(w, a=a, mode=spec.mode, nonlinearity=nl, generator=g)
-        # an explicit gain: kaiming has none in torch; linear nonlinearity + scale
-        return lambda w, g: fn(w, mode=spec.mode, nonlinearity="linear", generator=g).mul_(spec.gain)
-    if entry.family == "xavier":
-        fn = I.xavier_uniform_ if entry.distribution == "uniform" else I.xavier_normal_
-        return lambda w, g: fn(w, gain=spec.gain, generator=g)
-    if entry.family == "orthogonal":
-        return lambda w, g: I.orthogonal_(w, gain=spec.gain, generator=g)
-    # no torch.nn.init function (Keras/JAX presets, meanfield, trunc_normal, ...): the same
-    # distribution drawn for this one weight
-    from harness.core.init import init_
-
+    """The torch.nn.init call a researcher would write for this scheme, for one weight (its
+    registry entry's `torch_init`); where there is none (Keras/JAX presets, meanfield,
+    trunc_normal, ...) the same distribution drawn for this one weight."""
+    fn = scheme_entry(spec.scheme).torch_init(spec.gain, spec.mode, spec.nonlinearity, spec.a)
+    if fn is not None:
+        return fn
     return lambda w, g: init_(w.unsqueeze(0), spec.scheme, generator=g, **spec.init_kwargs())
 
 

@@ -7,9 +7,9 @@ what is allowed; nothing downstream re-validates.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,12 +25,13 @@ from harness.core.validate import is_int as _is_int
 from harness.core.validate import is_number as _is_number
 from harness.core.validate import number as _float
 
-__all__ = ["ALL_QUANTITIES", "DEVICES", "DTYPES", "ConfigError", "Spec", "exact_gain"]
+__all__ = ["ALL_QUANTITIES", "DEVICES", "DTYPES", "ConfigError", "Spec"]
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: every quantity some architecture measures, in report order
 ALL_QUANTITIES = archs.all_quantities()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -224,13 +225,8 @@ class Spec:
         scheme_name, gain, gain_source, nonlinearity, a, params = _resolve_scheme(cfg, act, mode)
 
         bias_std = _float(cfg, "bias_std", minimum=0.0, default=0.0)
-        if "sigma_b2" in params:  # meanfield: σ_b² is the scheme's, so that σ_w², σ_b² go together
-            if bias_std != 0.0:
-                raise ConfigError(
-                    f"scheme {scheme_name} sets the bias variance with scheme.sigma_b2; leave "
-                    f"bias_std at 0 (got bias_std={bias_std:g})"
-                )
-            bias_std = math.sqrt(params["sigma_b2"])
+        # meanfield's σ_b² is the scheme's, so that σ_w², σ_b² go together
+        bias_std = _ask(inits.scheme(scheme_name).bias_std, params, bias_std, scheme_name)
         input_var = _float(cfg, "input_var", minimum=0.0, default=1.0, strict=True)
         input_corr = cfg.get("input_corr", 0.0)
         if not (_is_number(input_corr) and 0.0 <= input_corr <= 1.0):
@@ -242,14 +238,13 @@ class Spec:
         dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
         own = arch.config(cfg)  # the architecture's own keys, validated by its entry
-        if inits.scheme(scheme_name).family == "lsuv" and LSUV not in arch.capabilities:
+        if inits.scheme(scheme_name).calibrates_on_data and LSUV not in arch.capabilities:
             raise ConfigError(f"scheme lsuv calibrates {archs.labels(LSUV)} only; for "
                               f"arch={arch.name} choose another scheme")
         if input_corr != 0 and INPUT_CORR not in arch.capabilities:
             raise ConfigError(f"input_corr is implemented for {archs.names(INPUT_CORR)} only; for "
                               f"arch={arch.name} leave it at 0 (got {input_corr!r})")
-        if inits.scheme(scheme_name).family == "delta_orthogonal":
-            _check_delta_orthogonal(widths)
+        _ask(inits.scheme(scheme_name).check_widths, widths)  # delta_orthogonal: C_in ≤ C_out
         jacobian = _jacobian(cfg, arch, batch)
 
         return cls(
@@ -293,16 +288,6 @@ def _jacobian(cfg: Mapping[str, Any], arch: archs.Architecture, batch: int) -> i
     return int(k)
 
 
-def _check_delta_orthogonal(widths: tuple[int, ...]) -> None:
-    """delta_orthogonal's centre tap has orthonormal columns only if C_in ≤ C_out."""
-    for l in range(1, len(widths)):
-        if widths[l - 1] > widths[l]:
-            raise ConfigError(
-                f"scheme delta_orthogonal needs C_in ≤ C_out at every layer (an orthogonal "
-                f"C_out×C_in centre tap); layer {l} has C_in={widths[l - 1]} > C_out={widths[l]}"
-            )
-
-
 def _resolve_device(device: Any) -> str:
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
@@ -313,151 +298,23 @@ def _resolve_device(device: Any) -> str:
     return str(device)
 
 
+def _ask(check: Callable[..., T], *args: Any) -> T:
+    """Call a registry entry's check or resolution; its one-line ValueError becomes ConfigError."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _resolve_scheme(
     cfg: Mapping[str, Any], act: activations.Activation, mode: str
 ) -> tuple[str, float | None, str, str | None, float | None, dict[str, Any]]:
     """(scheme name, gain, how the gain was chosen, nonlinearity, a, the scheme's own params)
-    from cfg['scheme'], validated against the registry entry's declared parameters."""
+    from cfg['scheme'], as its registry entry resolves them (`Scheme.resolve_config`)."""
     sc = cfg.get("scheme")
     if not isinstance(sc, Mapping) or "name" not in sc:
         raise ConfigError(f"scheme must be chosen from: {', '.join(inits.NAMES)}")
     name = sc["name"]
-    try:
-        entry = inits.scheme(name)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    declared = entry.parameters
-    for key, val in sc.items():
-        if key != "name" and val is not None and key not in declared:
-            raise ConfigError(
-                f"scheme {name} takes no {key} (its parameters: {', '.join(declared) or 'none'}); "
-                f"got scheme.{key}={val!r}"
-            )
-    _check_mode(entry, name, mode)
-    if entry.family in ("variance_scaling", "trunc_normal", "meanfield", "lsuv"):
-        return _resolve_own(entry, name, {k: sc.get(k) for k in declared})
-
-    gain, nonlinearity, a = sc.get("gain"), sc.get("nonlinearity"), sc.get("a")
-    if gain is not None and gain != "exact" and not (_is_number(gain) and gain > 0):
-        raise ConfigError(f"scheme.gain must be a finite number > 0 or exact; got {gain!r}")
-    if a is not None and not _is_number(a):
-        raise ConfigError(f"scheme.a must be a number; got {a!r}")
-
-    if entry.family == "torch_default":
-        g = inits.resolve_gain(entry.name)
-        return name, g, f"kaiming_uniform_(a=√5): gain √(1/3) = {g:.4g}", None, None, {}
-    if gain == "exact":
-        g = exact_gain(act)
-        source = (f"gain exact = V_φ(1)^(-1/2) = {g:.4g} (q* = 1 is a fixed point of square "
-                  f"layers without bias)")
-        if entry.family != "kaiming":
-            return name, g, source, None, None, {}
-    elif gain is not None:
-        g = float(gain)
-        return name, g, f"gain {g:g} (set by scheme.gain)", nonlinearity, a, {}
-    elif entry.family == "delta_orthogonal":
-        return name, 1.0, "gain 1 (the default; no torch function)", None, None, {}
-    elif entry.family != "kaiming":
-        return name, 1.0, "gain 1 (torch's default)", None, None, {}
-
-    # kaiming: the nonlinearity follows act where calculate_gain knows it
-    note = ""
-    if nonlinearity is None:
-        if act.kind.gain_name is not None:
-            nonlinearity = act.kind.gain_name
-            note = "follows act"
-        else:
-            nonlinearity = "leaky_relu"
-            note = f"torch's default: calculate_gain does not know {act.name}"
-            a = 0.0 if a is None else a
-    elif nonlinearity not in inits.GAIN_NONLINEARITIES:
-        raise ConfigError(
-            f"scheme.nonlinearity {nonlinearity!r} is not one calculate_gain knows; allowed: "
-            f"{', '.join(inits.GAIN_NONLINEARITIES)}"
-        )
-    if a is None:
-        a = act.gain_param if (nonlinearity == "leaky_relu" and act.gain_param is not None) else 0.0
-    if gain == "exact":
-        return name, g, source, nonlinearity, float(a), {}
-    g = float(inits.calculate_gain(nonlinearity, float(a)))
-    arg = f", a={a:g}" if nonlinearity == "leaky_relu" else ""
-    source = f"calculate_gain('{nonlinearity}'{arg}) = {g:.4g}" + (f" ({note})" if note else "")
-    return name, g, source, nonlinearity, float(a), {}
-
-
-def exact_gain(act: activations.Activation) -> float:
-    """The forward-exact gain V_φ(1)^(-1/2): with σ_w² = g² (square layers, fan_in or xavier or
-    orthogonal scaling) and no bias, q = 1 maps to σ_w² V_φ(1) = 1, a fixed point."""
-    return float(1.0 / math.sqrt(float(act.V(1.0))))
-
-
-def _check_mode(entry: inits.Scheme, name: str, mode: str) -> None:
-    """kaiming takes fan_in | fan_out (as torch); fan_avg | fan_geo_avg only variance_scaling."""
-    choices = entry.mode_choices
-    if choices and mode not in choices:
-        raise ConfigError(
-            f"unknown mode {mode!r}; allowed: {', '.join(choices)} for scheme {name} (torch's "
-            f"kaiming_* take only these; fan_avg and fan_geo_avg are variance_scaling's)"
-        )
-    if not choices and mode not in inits.TORCH_MODES:
-        raise ConfigError(
-            f"mode {mode} is used only by variance_scaling (and fan_in/fan_out by kaiming); "
-            f"scheme {name} takes no mode"
-        )
-
-
-def _number(name: str, key: str, v: Any, *, minimum: float | None = None, strict: bool = False,
-            integer: bool = False) -> float:
-    ok = (_is_int(v) if integer else _is_number(v)) and (
-        minimum is None or (v > minimum if strict else v >= minimum))
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" ≥ {minimum:g}")
-        raise ConfigError(f"scheme {name}: scheme.{key} must be {kind}{bound}; got {v!r}")
-    return v if integer else float(v)
-
-
-def _resolve_own(
-    entry: inits.Scheme, name: str, given: dict[str, Any]
-) -> tuple[str, float | None, str, None, None, dict[str, Any]]:
-    """variance_scaling (and presets), trunc_normal, meanfield, lsuv: their own parameters."""
-    p = {k: (entry.parameters[k] if v is None else v) for k, v in given.items()}
-    fam = entry.family
-    if fam == "variance_scaling":
-        if entry.preset is not None:
-            pr = entry.preset
-            g = math.sqrt(pr["scale"])
-            return name, g, (f"Keras/JAX {name}: scale {pr['scale']:g}, {pr['mode']}, "
-                             f"{pr['distribution']}"), None, None, {}
-        p["scale"] = _number(name, "scale", p["scale"], minimum=0.0, strict=True)
-        if p["distribution"] not in inits.DISTRIBUTIONS:
-            hint = (" ('normal' is ambiguous: Keras reads it as truncated_normal, JAX as "
-                    "untruncated_normal)") if p["distribution"] == "normal" else ""
-            raise ConfigError(f"unknown scheme.distribution {p['distribution']!r}{hint}; allowed: "
-                              f"{', '.join(inits.DISTRIBUTIONS)}")
-        g = math.sqrt(p["scale"])
-        return name, g, f"variance_scaling: scale {p['scale']:g}, {p['distribution']}", None, None, p
-    if fam == "trunc_normal":
-        for k in ("mean", "a", "b"):
-            p[k] = _number(name, k, p[k])
-        p["std"] = _number(name, "std", p["std"], minimum=0.0, strict=True)
-        if not (p["mean"] == 0.0 and p["a"] == -p["b"] and p["b"] > 0):
-            raise ConfigError(
-                f"scheme trunc_normal: the theory needs zero-mean weights, so mean 0 and a = −b > 0;"
-                f" got mean={p['mean']:g}, a={p['a']:g}, b={p['b']:g}"
-            )
-        var = inits.trunc_normal_moments(p["mean"], p["std"], p["a"], p["b"])[1]
-        k = p["b"] / p["std"]
-        cut = f"cut at ±{k:.3g}σ" + (" (in effect untruncated)" if k >= 6 else "")
-        return name, None, (f"trunc_normal_(std={p['std']:g}, a={p['a']:g}, b={p['b']:g}): "
-                                f"{cut}, Var(W) = {var:.4g}, no fan scaling"), None, None, p
-    if fam == "meanfield":
-        p["sigma_w2"] = _number(name, "sigma_w2", p["sigma_w2"], minimum=0.0, strict=True)
-        p["sigma_b2"] = _number(name, "sigma_b2", p["sigma_b2"], minimum=0.0)
-        return name, math.sqrt(p["sigma_w2"]), (f"σ_w² = {p['sigma_w2']:g}, σ_b² = "
-                                                f"{p['sigma_b2']:g}"), None, None, p
-    # lsuv
-    p["tol"] = _number(name, "tol", p["tol"], minimum=0.0, strict=True)
-    p["max_iter"] = _number(name, "max_iter", p["max_iter"], minimum=1, integer=True)
-    return name, 1.0, (f"orthogonal pre-init, then each layer rescaled until its output variance "
-                       f"is 1 ± {p['tol']:g} (≤ {p['max_iter']} iterations)"), None, None, p
+    entry = _ask(inits.scheme, name)
+    r = _ask(entry.resolve_config, sc, act, mode, name)
+    return name, r.gain, r.gain_source, r.nonlinearity, r.a, r.params

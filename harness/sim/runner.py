@@ -23,6 +23,7 @@ import torch
 
 from harness.archs.base import POSITION
 from harness.core.init import draw_, iid_form, init_
+from harness.core.init import scheme as scheme_entry
 from harness.core.spec import Spec
 from harness.sim import lsuv, workspace
 from harness.sim.inputs import Generators, inputs_, streams
@@ -158,7 +159,7 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
         r = min(size, spec.replicates - c * size)
         generator = replicate_generators(spec, c * size, r)
         weights, biases, x0, cot = sample_chunk(spec, r, generator, ws)
-        if spec.scheme == "lsuv":  # rescale the weights on a fresh calibration batch
+        if scheme_entry(spec.scheme).calibrates_on_data:  # lsuv: rescale on a fresh batch
             calibrations.append(arch.calibrate(spec, weights, biases, generator))
         parts.append(arch.propagate(spec, weights, biases, x0, cot,
                                     tick=bar.update if bar else None, workspace=ws))

@@ -31,7 +31,7 @@ import numpy as np
 from harness import archs
 from harness.archs.base import CRITICALITY
 from harness.core.activations import Activation
-from harness.core.init import fans
+from harness.core.init import fans, scheme
 from harness.core.spec import Spec
 
 Q_MAX = 1e6  # beyond this the length map is taken to diverge (the quadrature's range is q ≤ 1e4)
@@ -195,8 +195,8 @@ def for_spec(spec: Spec, weight_variances: Sequence[float] | None = None) -> Cri
     fan_in = np.array([fans(s)[0] for s in spec.weight_shapes], dtype=np.float64)
     s2 = fan_in * var_w
     if not np.allclose(s2[1:], s2[1], rtol=1e-9, atol=0):
-        return na("σ_w² differs across layers" + (" (lsuv's data-dependent scales)"
-                                                 if spec.scheme == "lsuv" else ""))
+        return na("σ_w² differs across layers" + (f" ({spec.scheme}'s data-dependent scales)"
+                                                 if scheme(spec.scheme).calibrates_on_data else ""))
     b2 = spec.bias_std**2
     q1 = float(s2[0] * spec.input_var + b2)
     return analyze(spec.activation, float(s2[1]), b2, q1)

@@ -93,10 +93,7 @@ def undefined_reason(spec: Spec) -> str:
         return reason
     if slope(spec) is None:
         return f"defined for the relu family (relu, leaky_relu, linear), not {spec.act}"
-    entry = inits.scheme(spec.scheme)
-    dist = entry.distribution
-    if entry.family == "variance_scaling":
-        dist = (entry.preset or dict(spec.scheme_params))["distribution"]
+    dist = inits.scheme(spec.scheme).draws(dict(spec.scheme_params))
     if dist not in ("normal", "untruncated_normal"):
         return f"needs Gaussian weights; scheme {spec.scheme} draws {dist}"
     if spec.bias_std > 0:
