@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     """harness.run / harness.sweep / harness.Result / harness.SweepResult from harness.api.
 
     Once `harness.run` the module is imported (`python -m harness.run`, `import harness.run`),

@@ -27,6 +27,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ class SweepResult:
     runs: list[Result]
     labels: list[str]
 
-    @property
+    @cached_property
     def frame(self) -> pd.DataFrame:
         """All runs as one tidy frame, shaped like `harness.load` of a sweep folder: `run_dir`
         names each run (its label; after `save`, its folder is DIR/label)."""
