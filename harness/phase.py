@@ -28,8 +28,15 @@ import pandas as pd
 
 from harness.cli import ArgumentParser
 from harness.core import activations
+from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
-from harness.outputs.results import atomic_write_bytes, layer_matrix, load, write_parquet
+from harness.outputs.results import (
+    METADATA,
+    atomic_write_bytes,
+    layer_matrix,
+    load,
+    write_parquet,
+)
 
 
 def boundary(act: activations.Activation, q: np.ndarray | None = None) -> pd.DataFrame:
@@ -49,7 +56,7 @@ def gradient_growth(backward: np.ndarray) -> float:
     ok = np.isfinite(logg)
     if ok.sum() < 2:
         return float("nan")
-    slope = np.polyfit(layers[ok], logg[ok], 1)[0]
+    slope = least_squares_slope(layers[ok], logg[ok])
     return float(np.exp(-slope))
 
 
@@ -58,7 +65,7 @@ def grid(path: str | Path) -> tuple[pd.DataFrame, str, dict[str, object]]:
     df = load(path)
     rows, acts, sizes = [], set(), {}
     for run_dir, d in df.groupby("run_dir"):
-        meta = json.loads((Path(run_dir) / "metadata.json").read_text())
+        meta = json.loads((Path(run_dir) / METADATA).read_text())
         spec = meta["spec"]
         if spec["scheme"] != "meanfield":
             raise ValueError(f"{run_dir}: scheme {spec['scheme']}; the phase diagram needs meanfield")

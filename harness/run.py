@@ -1,20 +1,21 @@
 """`python -m harness.run KEY=VALUE ...`: measure and predict per-layer variance for one config.
 
 A thin `@hydra.main` around `execute(cfg, out_dir)`, the plain function tests call on a composed
-config. Outputs (in Hydra's run directory): metrics.parquet, metadata.json, config.yaml,
-variance.png, for architectures with positions (arch=conv) positions.parquet and positions.png,
-and with jacobian=k jacobian.parquet (the last layer's Jacobian spectrum); `metrics.parquet` is
-written last, atomically, and marks a complete run.
+config (its halves, `harness.api.compute` and `harness.api.write`, are the notebook API's too).
+Outputs (in Hydra's run directory): metrics.parquet, metadata.json, config.yaml, variance.png,
+for architectures with positions (arch=conv) positions.parquet and positions.png, and with
+jacobian=k jacobian.parquet (the last layer's Jacobian spectrum); `metrics.parquet` is written
+last, atomically, and marks a complete run.
 """
 
 from __future__ import annotations
 
-import io
 import sys
 import time
-import warnings
+import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pandas as pd
@@ -23,28 +24,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import cli
-from harness.archs.base import POSITIONS as POSITION_MAPS  # the capability
+from harness import api, cli
 from harness.cli import launchers, sweep
 from harness.core.spec import ConfigError, Spec
-from harness.outputs import plots, summary
-from harness.outputs.results import (
-    JACOBIAN,
-    METADATA,
-    METRICS,
-    POSITIONS,
-    atomic_write_bytes,
-    positions_frame,
-    run_metadata,
-    spectrum_frame,
-    to_frame,
-    write_json,
-    write_parquet,
-)
-from harness.sim import jacobian, lsuv
-from harness.sim.runner import measure
-from harness.theory import criticality, finite_width
-from harness.theory.meanfield import predict
+
+
+class _CallableModule(types.ModuleType):
+    """`harness.run` is this module (`python -m harness.run`) and, called, the in-process API:
+    `harness.run("act=tanh", depth=20)` is `harness.api.run(...)`, whichever of the two the
+    name `harness.run` is bound to (importing this module rebinds it from the function)."""
+
+    def __call__(self, *overrides: str, **kwargs: Any) -> api.Result:
+        return api.run(*overrides, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 @dataclass(frozen=True)
@@ -58,7 +52,8 @@ class RunResult:
 def execute(
     cfg: DictConfig, out_dir: str | Path, *, command: str | None = None, echo: bool = True
 ) -> RunResult:
-    """Build the Spec, measure, predict, write every output to `out_dir`, print the verdict."""
+    """Build the Spec, measure and predict (`harness.api.compute`), write every output to
+    `out_dir` (`harness.api.write`), print the verdict."""
     t0 = time.perf_counter()
     spec = Spec.from_config(cfg)
     arch = spec.architecture
@@ -68,69 +63,15 @@ def execute(
         f"{spec.replicates} replicates × {spec.batch} inputs on {spec.device} ({spec.dtype})")
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
-    measurement = measure(spec, progress=bool(cfg.get("progress", True)) and echo)
-    theory_var_w = measurement.info.get("weight_variances")  # lsuv: its mean-field gains
-    predicted = predict(spec, theory_var_w)
-    df = to_frame(spec, measurement.values, predicted)
-    pos = None
-    if POSITION_MAPS in arch.capabilities:
-        pos = positions_frame(spec, measurement.positions, arch.position_maps(spec))
-    crit = criticality.for_spec(spec, theory_var_w)
-    band = finite_width.band(spec, predicted["forward"], predicted.get("correlation"))
-    coverage = finite_width.coverage(band, measurement.values["forward"])
-    notes = [criticality.describe(crit), finite_width.describe(coverage, spec.replicates)]
-    if "lsuv" in measurement.info:
-        notes.append(lsuv.describe(measurement.info))
-    if spec.jacobian:
-        notes.append(jacobian.describe_slopes(measurement.values["jacobian_rel_var"],
-                                              predicted["jacobian_rel_var"]))
-
-    meta = run_metadata(
-        spec,
-        wall_s=measurement.wall_s,
-        device_name=measurement.device_name,
-        chunk_size=measurement.chunk_size,
-        reproduce=command,
-        numeric_events=summary.numeric_events(df),
-        criticality=crit.to_dict(),
-        finite_width_band=coverage,
-        **({"lsuv": measurement.info["lsuv"]} if "lsuv" in measurement.info else {}),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.yaml", cli.resolved_yaml(cfg).encode())
-    write_json(meta, out / METADATA)
-    if cfg.get("plot", True):
-        bands = {"forward": (band.lower, band.upper)} if band.lower is not None else None
-        note = criticality.describe(crit, short=True)
-        _save_png(lambda frame: plots.variance(frame, bands=bands, note=note), df, out / "variance.png")
-        if pos is not None:
-            _save_png(plots.positions, pos, out / "positions.png")
-    if pos is not None:
-        write_parquet(pos, out / POSITIONS, meta)
-    if "jacobian_spectrum" in measurement.info:
-        write_parquet(spectrum_frame(spec, measurement.info["jacobian_spectrum"]),
-                      out / JACOBIAN, meta)
-    write_parquet(df, out / METRICS, meta)
+    result = api.compute(cfg, spec, progress=bool(cfg.get("progress", True)) and echo)
+    api.write(result, out, command=command)
 
     wall = time.perf_counter() - t0
-    for line in [*summary.verdict(df), *notes]:
+    for line in result.verdict():
         say(line)
-    if pos is not None:
-        for line in summary.position_lines(pos):
-            say(line)
-    say(f"measured in {measurement.wall_s:.2f} s ({measurement.device_name}); "
-        f"total {wall:.2f} s; outputs in {out}")
-    return RunResult(spec, df, out, wall)
-
-
-def _save_png(plot, frame: pd.DataFrame, path: Path) -> None:
-    with warnings.catch_warnings():  # log axes spanning an overflow warn; the plot is fine
-        warnings.simplefilter("ignore", RuntimeWarning)
-        fig = plot(frame)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-    plots.plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    m = result.measurement
+    say(f"measured in {m.wall_s:.2f} s ({m.device_name}); total {wall:.2f} s; outputs in {out}")
+    return RunResult(spec, result.frame, out, wall)
 
 
 def _widths(spec: Spec) -> str:

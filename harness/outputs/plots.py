@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from harness import archs  # noqa: E402
+from harness.outputs.results import landmarks, layer_summary  # noqa: E402  (used here; re-exported)
 
 LABELS = {
     "forward": "forward: mean $(h^l)^2$",
@@ -27,26 +28,6 @@ LABELS = {
 }
 #: quantities drawn on a linear axis (the rest are second moments, on a log axis)
 LINEAR = {"correlation", "jacobian_rel_var"}
-
-
-def layer_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (quantity, layer): replicate mean, min, max, standard error, and theory.
-
-    Non-finite values (overflow) are kept out of mean/min/max; `n` counts the finite ones.
-    """
-    finite = df[np.isfinite(df["value"])]
-    g = finite.groupby(["quantity", "layer"], sort=True)["value"]
-    out = pd.DataFrame(
-        {
-            "mean": g.mean(),
-            "min": g.min(),
-            "max": g.max(),
-            "sem": g.std(ddof=1) / np.sqrt(g.count()),
-            "n": g.count(),
-        }
-    )
-    theory = df.groupby(["quantity", "layer"], sort=True)["theory"].first()
-    return out.reindex(theory.index).assign(theory=theory).reset_index()
 
 
 def title_of(df: pd.DataFrame) -> str:
@@ -124,8 +105,6 @@ def positions(pos: pd.DataFrame) -> Figure:
     profile along the row through the centre at a few depths, as a fraction of the theory at
     the centre, so the border deficit and how far it reaches inward can be read off.
     """
-    from harness.outputs.summary import landmarks
-
     fig, axes = plt.subplots(2, 2, figsize=(10.4, 7.2), constrained_layout=True)
     for i, q in enumerate(("forward", "backward")):
         d = pos[pos["quantity"] == q]

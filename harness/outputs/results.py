@@ -76,6 +76,41 @@ def layer_matrix(run: pd.DataFrame, quantity: str, column: str = "value") -> np.
     return d.pivot(index="replicate", columns="layer", values=column).to_numpy(dtype=np.float64)
 
 
+def layer_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (quantity, layer): replicate mean, min, max, standard error, and theory.
+
+    Non-finite values (overflow) are kept out of mean/min/max; `n` counts the finite ones.
+    """
+    finite = df[np.isfinite(df["value"])]
+    g = finite.groupby(["quantity", "layer"], sort=True)["value"]
+    out = pd.DataFrame(
+        {
+            "mean": g.mean(),
+            "min": g.min(),
+            "max": g.max(),
+            "sem": g.std(ddof=1) / np.sqrt(g.count()),
+            "n": g.count(),
+        }
+    )
+    theory = df.groupby(["quantity", "layer"], sort=True)["theory"].first()
+    return out.reindex(theory.index).assign(theory=theory).reset_index()
+
+
+def landmarks(d: pd.DataFrame) -> dict[str, pd.Series | None]:
+    """Boolean masks selecting the centre, the middle of the first edge and the corner
+    (position 0) of a positions frame; a 1d frame has no corner (None)."""
+    if "row" in d:
+        n = int(d["row"].max()) + 1
+        c = n // 2
+        return {
+            "centre": (d["row"] == c) & (d["col"] == c),
+            "edge": (d["row"] == 0) & (d["col"] == c),
+            "corner": (d["row"] == 0) & (d["col"] == 0),
+        }
+    n = int(d["pos"].max()) + 1
+    return {"centre": d["pos"] == n // 2, "edge": d["pos"] == 0, "corner": None}
+
+
 def _with_config(df: pd.DataFrame, spec: Spec) -> list[str]:
     """Add the run's config columns to df (in place, nullable dtypes); returns their names."""
     cols = spec.columns()

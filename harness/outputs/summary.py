@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from harness.core.spec import ALL_QUANTITIES
-from harness.outputs.plots import layer_summary
+from harness.outputs.results import landmarks, layer_summary
 
 
 def numeric_events(df: pd.DataFrame) -> list[str]:
@@ -94,19 +94,3 @@ def position_lines(pos: pd.DataFrame) -> list[str]:
             lines.append(f"{q + ' ' + name:<17} {layer:>5} {measured:>22} {row['theory']:>10.4g} "
                          f"{ratio:>7.4g}")
     return lines
-
-
-def landmarks(d: pd.DataFrame) -> dict[str, pd.Series | None]:
-    """Boolean masks selecting the centre, the middle of the first edge and the corner
-    (position 0) of a positions frame; a 1d frame has no corner (None)."""
-    if "row" in d:
-        n = int(d["row"].max()) + 1
-        c = n // 2
-        return {
-            "centre": (d["row"] == c) & (d["col"] == c),
-            "edge": (d["row"] == 0) & (d["col"] == c),
-            "corner": (d["row"] == 0) & (d["col"] == 0),
-        }
-    n = int(d["pos"].max()) + 1
-    return {"centre": d["pos"] == n // 2, "edge": d["pos"] == 0, "corner": None}
-

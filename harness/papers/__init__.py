@@ -32,8 +32,9 @@ import pandas as pd
 from harness import archs
 from harness.archs.base import FINITE_WIDTH_BAND
 from harness.cli import ArgumentParser
+from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
-from harness.outputs.results import atomic_write_bytes, layer_matrix, load
+from harness.outputs.results import METADATA, atomic_write_bytes, layer_matrix, load
 from harness.papers import isometry, order_chaos
 from harness.theory import finite_width, hanin
 
@@ -43,7 +44,7 @@ def log_slopes(values: np.ndarray) -> np.ndarray:
     layers = np.arange(1, values.shape[1] + 1, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         logv = np.log(values)
-    return np.polyfit(layers, logv.T, 1)[0]
+    return least_squares_slope(layers, logv)
 
 
 def rate(values: np.ndarray) -> tuple[float, float]:
@@ -66,7 +67,7 @@ def expected_bias(run: pd.DataFrame, meta: dict[str, Any]) -> float:
     rho = corr.mean(0) if corr is not None else np.ones(spec["depth"])
     s2 = finite_width.log_variance(a, tuple(spec["widths"]), rho, spec["input_corr"],
                                    spec["batch"])
-    return float(np.polyfit(np.arange(1, len(s2) + 1), -s2 / 2, 1)[0])
+    return float(least_squares_slope(np.arange(1, len(s2) + 1), -s2 / 2))
 
 
 def _per_layer(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray | None:
@@ -90,7 +91,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     criticality numbers (q*, χ_1) from its metadata."""
     rows = []
     for run_dir, run in df.groupby("run_dir"):
-        meta = json.loads((Path(run_dir) / "metadata.json").read_text())
+        meta = json.loads((Path(run_dir) / METADATA).read_text())
         s, crit = meta["spec"], meta.get("criticality", {})
         F, B = _per_layer(run, "forward"), _per_layer(run, "backward")
         fwd, fwd_se = rate(F)

@@ -26,8 +26,9 @@ import pandas as pd
 
 from harness.core import activations
 from harness.core.init import scheme as scheme_entry
+from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
-from harness.outputs.results import JACOBIAN, layer_matrix
+from harness.outputs.results import JACOBIAN, METADATA, layer_matrix
 from harness.sim import jacobian
 
 
@@ -64,7 +65,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     slope; the last layer's relative variance and mean λ against theory; spectrum quantiles."""
     rows = []
     for run_dir, run in df.groupby("run_dir"):
-        meta = json.loads((Path(run_dir) / "metadata.json").read_text())
+        meta = json.loads((Path(run_dir) / METADATA).read_text())
         spec, crit = meta["spec"], meta.get("criticality", {})
         if not spec.get("jacobian"):
             raise ValueError(f"{run_dir}: needs jacobian > 0 (the Jacobian was not measured)")
@@ -73,7 +74,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         M, tM = layer_matrix(run, "jacobian_mean"), layer_matrix(run, "jacobian_mean", "theory")[0]
         R, L = V.shape
         layers = np.arange(1, L + 1, dtype=np.float64)
-        b = np.polyfit(layers, V.T, 1)[0] if L >= 2 else np.full(R, np.nan)
+        b = least_squares_slope(layers, V) if L >= 2 else np.full(R, np.nan)
         q = crit.get("q_star") or float(layer_matrix(run, "forward", "theory")[0][-1])
         lam = spectrum(run_dir)
         rows.append({
@@ -82,7 +83,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             "sigma_b2": spec["bias_std"] ** 2, "q_star": q, "chi_1": crit.get("chi_1"),
             "depth": L, "width": spec["width"], "replicates": R, "jacobian_inputs": spec["jacobian"],
             "slope": float(b.mean()), "slope_se": float(b.std(ddof=1) / math.sqrt(R)),
-            "theory_slope": float(np.polyfit(layers, tV, 1)[0]) if L >= 2 else math.nan,
+            "theory_slope": float(least_squares_slope(layers, tV)) if L >= 2 else math.nan,
             "paper_slope": paper_slope(act, spec["scheme"], q),
             "rel_var_last": float(V[:, -1].mean()),
             "rel_var_last_se": float(V[:, -1].std(ddof=1) / math.sqrt(R)),

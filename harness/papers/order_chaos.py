@@ -23,22 +23,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
-from harness.outputs.results import layer_matrix
+from harness.outputs.results import METADATA, layer_matrix
 
 GAP_MIN = 0.05  # fit window: layers whose mean-field |c^l − c*| ≥ this (well above the noise)
-
-
-def _slopes(y: np.ndarray, layers: np.ndarray) -> np.ndarray:
-    """Least-squares slope of each row of y (R, k) against layers (k,)."""
-    return np.polyfit(layers, y.T, 1)[0]
 
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run: σ_w², σ_b², q*, χ_1, c*, ξ_c, and the measured counterparts ± se."""
     rows = []
     for run_dir, run in df.groupby("run_dir"):
-        meta = json.loads((Path(run_dir) / "metadata.json").read_text())
+        meta = json.loads((Path(run_dir) / METADATA).read_text())
         spec, crit = meta["spec"], meta["criticality"]
         if spec["scheme"] != "meanfield" or spec["batch"] < 2:
             raise ValueError(f"{run_dir}: needs scheme meanfield and batch ≥ 2")
@@ -47,7 +43,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         tB, tC = layer_matrix(run, "backward", "theory")[0], layer_matrix(run, "correlation", "theory")[0]
         layers = np.arange(1, F.shape[1] + 1, dtype=np.float64)
         logF = np.log(F[:, -1])
-        b = _slopes(np.log(B), layers)
+        b = least_squares_slope(layers, np.log(B))
         c_star = crit["c_star"]
         window = np.abs(tC - c_star) >= GAP_MIN
         row = {
@@ -59,7 +55,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             "forward_last_log_se": float(logF.std(ddof=1) / math.sqrt(R)),
             "backward_growth": float(np.exp(-b.mean())),
             "backward_log_se": float(b.std(ddof=1) / math.sqrt(R)),
-            "theory_backward_growth": float(np.exp(-_slopes(np.log(tB[None, :]), layers)[0])),
+            "theory_backward_growth": float(np.exp(-least_squares_slope(layers, np.log(tB[None, :]))[0])),
             "corr_last": float(C[:, -1].mean()),
             "corr_last_se": float(C[:, -1].std(ddof=1) / math.sqrt(R)),
             "window": [int(layers[window].min()), int(layers[window].max())] if window.sum() >= 3
@@ -68,8 +64,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         }
         if window.sum() >= 3:
             with np.errstate(invalid="ignore", divide="ignore"):
-                s = _slopes(np.log(np.abs(C[:, window] - c_star)), layers[window])
-            t = _slopes(np.log(np.abs(tC[window] - c_star))[None, :], layers[window])[0]
+                s = least_squares_slope(layers[window], np.log(np.abs(C[:, window] - c_star)))
+            t = least_squares_slope(layers[window], np.log(np.abs(tC[window] - c_star))[None, :])[0]
             row.update(decay_slope=float(s.mean()), decay_slope_se=float(s.std(ddof=1) / math.sqrt(R)),
                        theory_decay_slope=float(t), xi_measured=float(-1 / s.mean()),
                        xi_theory_window=float(-1 / t))

@@ -51,6 +51,7 @@ import torch
 from harness.core.activations import Activation
 from harness.core.init import scheme as scheme_entry
 from harness.core.quadrature import gaussian_expectation
+from harness.core.stats import least_squares_slope
 from harness.sim import dense
 
 #: what `jacobian=k > 0` adds to an MLP run's quantities
@@ -147,7 +148,7 @@ def describe_slopes(rel_var: np.ndarray, theory: np.ndarray) -> str:
     layers = np.arange(1, rel_var.shape[1] + 1)
     if len(layers) < 2:
         return "jacobian: one layer, no slope"
-    measured = np.polyfit(layers, np.nanmean(rel_var, 0), 1)[0]
-    predicted = np.polyfit(layers, theory, 1)[0] if np.isfinite(theory).all() else math.nan
+    measured = least_squares_slope(layers, np.nanmean(rel_var, 0))
+    predicted = least_squares_slope(layers, theory) if np.isfinite(theory).all() else math.nan
     return (f"jacobian: relative variance of the squared singular values grows {measured:.4g} per "
             f"layer (free-probability theory {predicted:.4g})")

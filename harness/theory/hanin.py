@@ -31,6 +31,7 @@ import pandas as pd
 from scipy import special, stats
 
 from harness.outputs.plots import plt
+from harness.outputs.results import METADATA
 
 
 def layer_log_variance(n: int) -> float:
@@ -58,7 +59,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run: depth, width, β, measured Var ln F^L ± se, the exact theory and 5β."""
     rows = []
     for run_dir, run in df.groupby("run_dir"):
-        meta = json.loads((Path(run_dir) / "metadata.json").read_text())
+        meta = json.loads((Path(run_dir) / METADATA).read_text())
         spec = meta["spec"]
         if spec["act"] != "relu" or spec["batch"] != 1 or spec["bias_std"] > 0:
             raise ValueError(f"{run_dir}: needs relu, batch=1 and no bias")
