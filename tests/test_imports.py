@@ -1,7 +1,9 @@
 """Static checks over every module of the package, from its source (ast, nothing imported):
 
 - no import cycles inside `harness` (imports inside functions count: hiding a cycle in a function
-  is still a cycle);
+  is still a cycle). Imports under `if TYPE_CHECKING:` are not counted: the interpreter never runs
+  them, so they cannot form an import-order cycle (the architecture entries name `Spec` in their
+  type hints that way, while `Spec` asks the architecture registry at run time);
 - every third-party module the package imports, anywhere, is a declared runtime dependency in
   pyproject.toml's [project] dependencies ("every runtime import is a runtime dependency"): a
   plain `pip install .` must be enough for every entry point. An import guarded by
@@ -41,7 +43,11 @@ def imports(path: Path, name: str | None = None) -> Iterator[tuple[str, list[str
     tree = ast.parse(path.read_text(), filename=str(path))
     name = module_name(path) if name is None else name
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    type_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                 for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, [], node
@@ -51,6 +57,15 @@ def imports(path: Path, name: str | None = None) -> Iterator[tuple[str, list[str
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
             yield base, [a.name for a in node.names], node
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def internal_targets(module: str, names: list[str]) -> set[str]:
@@ -142,7 +157,8 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_function_level_and_relative_imports_are_seen(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    from harness.outputs import plots\n    import harness.sim.runner\n"
+    src.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import harness.report\n"
+                   "def f():\n    from harness.outputs import plots\n    import harness.sim.runner\n"
                    "    from . import lsuv\n    from ..core.spec import Spec\n")
     found = {t for module, names, _ in imports(src, "harness.sim.m")
              for t in internal_targets(module, names)}
