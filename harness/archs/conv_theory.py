@@ -1,4 +1,4 @@
-"""Position-resolved mean-field theory of a conv stack (THEORY.md, "Convs").
+"""Position-resolved mean-field theory of a conv stack (docs/theory.md, "Conv stacks").
 
 Layer l's weight W^l (C_l, C_{l-1}, *k) has tap variances v^l_t = E[W^l[:, :, t]²]
 (`Spec.tap_variances`: Var(W) at every tap, or for delta_orthogonal g²/C_l at the centre and 0

@@ -7,9 +7,10 @@ weight-gradient moment uses
 
     mean_{b,i,j} (δ_bi x_bj)² = mean_b[ mean_i δ_bi² · mean_j x_bj² ]
 
-(THEORY.md), so per-example gradients are never materialized either. Statistics stay on the
-device as (R, L) tensors and reach the host once per run. Conv stacks (arch=conv) go through
-`harness.archs.conv.propagate` instead: one grouped conv per layer, with per-position statistics.
+(docs/theory.md, "The network and the measured quantities"), so per-example gradients are never
+materialized either. Statistics stay on the device as (R, L) tensors and reach the host once per
+run. Conv stacks (arch=conv) go through `harness.archs.conv.propagate` instead: one grouped conv
+per layer, with per-position statistics.
 
 `correlation` is the mean cosine similarity of the pre-activations h^l_a, h^l_b of distinct
 inputs a ≠ b of one network, from one sum: with u_b = h_b/‖h_b‖,

@@ -1,5 +1,5 @@
 """Fixed points, criticality and depth scales of the mean-field maps (Poole et al. 2016,
-Schoenholz et al. 2017; THEORY.md), for square layers with constant σ_w², σ_b²:
+Schoenholz et al. 2017; docs/theory.md, "Criticality"), for square layers with constant σ_w², σ_b²:
 
     length map        q ↦ f(q) = σ_w² V_φ(q) + σ_b²;        q* = f(q*)
     χ_1               = σ_w² D_φ(q*)                         (per-layer gradient factor)

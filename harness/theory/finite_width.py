@@ -11,7 +11,7 @@ factors. For one input x_b, with q̂^l_b = ‖h^l_b‖²/n_l:
 
 with g = h^k normalised by its conditional std (iid N(0, 1) given the layers below, whatever
 σ_w is) and m_2 = (1+a²)/2. Its log is a sum of independent terms of variance ≈ 5/n_k for relu:
-Hanin & Nica's log-normal with variance ≈ 5β, β = Σ 1/n_k (THEORY.md).
+Hanin & Nica's log-normal with variance ≈ 5β, β = Σ 1/n_k (docs/theory.md, "Finite-width band").
 
 What the harness measures is pooled over the batch: F^l = mean_b q̂^l_b. Two inputs a ≠ b of one
 network share the weights, so their factors are correlated through the correlation ρ_k of their

@@ -1,4 +1,4 @@
-"""Mean-field predictions for the quantities the runner measures (THEORY.md).
+"""Mean-field predictions for the quantities the runner measures (docs/theory.md, "Mean-field recursions").
 
 With σ_w,l² = n_{l-1}·Var(W^l) from `Spec.weight_variances` (the sampler's own function):
 
