@@ -159,3 +159,43 @@ def test_a_broken_command_fails(workdir, monkeypatch, capsys):
     module, args = reduced(["harness.run", "activation=tanh"])
     assert call_main(module, args, monkeypatch) != 0
     assert "error:" in capsys.readouterr().err
+
+
+DOCS = [README, REPO / "results" / "README.md", EXPERIMENTS / "README.md",
+        *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation but '-' and '_' dropped, spaces to '-'."""
+    heads = re.findall(r"^#+\s+(.*?)\s*$", page.read_text(encoding="utf-8"), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+@pytest.mark.parametrize("page", DOCS, ids=[str(p.relative_to(REPO)) for p in DOCS])
+def test_doc_links_resolve(page):
+    """Every relative link of the README and docs/ points at a file of the repository (and, for
+    a Markdown page, at one of its headings); only papers and upstream docs may be external."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page.resolve()
+        inside = target.is_relative_to(REPO)
+        if not inside or not target.exists() or (
+                anchor and target.suffix == ".md" and anchor not in _anchors(target)):
+            broken.append(link)
+    assert not broken, f"{page.relative_to(REPO)}: broken links {broken}"
+
+
+def test_nothing_points_outside_the_repository():
+    """No file of the repository cites a document that a clone does not have."""
+    outside = re.compile(r"\.\./shared|THEORY\.md")
+    hits = [str(p.relative_to(REPO)) for p in REPO.rglob("*")
+            if p.suffix in {".py", ".md", ".yaml", ".toml", ".txt", ".cfg"} and p.is_file()
+            and not any(part.startswith(".") or part.endswith(".egg-info") or part == "results"
+                        for part in p.relative_to(REPO).parts)
+            and outside.search(p.read_text(encoding="utf-8", errors="replace"))
+            and p != Path(__file__).resolve()]
+    assert not hits, f"files citing ../shared or THEORY.md: {hits}"
