@@ -8,7 +8,7 @@ column                 meaning
 torch_gain             ``torch.nn.init.calculate_gain`` for φ; where torch does not know φ
                        (elu, gelu, silu, softplus) the gain kaiming_* falls back to,
                        calculate_gain('leaky_relu', 0) = √2 (``torch_gain_known`` False)
-forward_exact_gain     V_φ(1)^(-1/2): σ_w² = g² makes q = 1 a fixed point (THEORY.md)
+forward_exact_gain     V_φ(1)^(-1/2): σ_w² = g² makes q = 1 a fixed point (docs/theory.md, "Gains")
 backward_exact_gain    D_φ(1)^(-1/2): σ_w² D_φ(1) = 1, gradients keep their size at q = 1
 inv_std_gain           1/std(φ(z)): φ(z)·g has unit variance (mean removed; the "variance
                        of the activation" rule of thumb)

@@ -26,7 +26,7 @@ def _border_distance(n: int, dims: int) -> np.ndarray:
 
 def test_zero_padding_border_deficit_closed_form():
     """relu + kaiming fan_in keeps q = 2 with circular padding. With zero padding after one 3×3
-    layer a corner sees 4 of 9 taps and an edge 6 (THEORY.md), and the deficit reaches one
+    layer a corner sees 4 of 9 taps and an edge 6 (docs/theory.md, "Conv stacks"), and the deficit reaches one
     pixel further inward per layer: q^l(p) = 2 exactly iff p is ≥ l pixels from the border."""
     spec = small_spec("arch=conv", "act=relu", "scheme=kaiming", "depth=5", "width=4", "image=12")
     q = position_maps(spec)["forward"]

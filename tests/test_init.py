@@ -1,8 +1,9 @@
-"""harness.core.init checked against torch.nn.init and against the variance table of THEORY.md.
+"""harness.core.init checked against torch.nn.init and against the variance table of docs/theory.md
+("Weight variances of the schemes").
 
 - calculate_gain, fans: equal to torch.nn.init.calculate_gain / _calculate_fan_in_and_fan_out,
   same errors;
-- weight_variance: against the table (init.py docstring, THEORY.md) written out here;
+- weight_variance: against the table (init.py docstring, docs/theory.md) written out here;
 - resolve_gain: kaiming → calculate_gain(nonlinearity, a), explicit gain wins, torch_default
   √(1/3) always, the rest 1;
 - init_: each member of a stacked (R, *shape) tensor against the torch.nn.init function filling
@@ -103,7 +104,7 @@ def test_fans_reject_fewer_than_two_dims(shape):
 
 
 def _table_variance(name: str, shape, mode: str, g: float) -> float:
-    """Var(W) from the table in THEORY.md / init.py, fans written out from the shape."""
+    """Var(W) from the table in docs/theory.md / init.py, fans written out from the shape."""
     out_, in_, k = shape[0], shape[1], math.prod(shape[2:])
     fan_in, fan_out = in_ * k, out_ * k
     family = {"xavier": "xavier_normal", "kaiming": "kaiming_normal"}.get(name, name)

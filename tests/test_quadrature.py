@@ -3,7 +3,7 @@
 - every registered activation's φ² and φ'² (plus a few non-default parameters), at
   q ∈ {1e-3, 0.1, 1, 3, 10, 100}: against scipy.integrate.quad (adaptive QUADPACK) of
   f(z)·N(z; 0, q) on (−∞, 0) and (0, ∞) separately, relative error ≤ 1e-10 (the accuracy the
-  module and THEORY.md promise);
+  module and docs/theory.md, "Activation moments and quadrature", promise);
 - Gaussian moments of polynomials, known in closed form: E[1] = 1, E[z²] = q, E[z⁴] = 3q²,
   E[z⁶] = 15q³, odd moments 0, to 1e-12;
 - the interface: q = 0 gives f(0), non-finite q, array q keeps its shape, scalar q gives a
