@@ -46,7 +46,7 @@ def restored_process_state():
     logging adds a console handler and a FileHandler on the run's log file), open matplotlib
     figures, and the sweep module's record of the last and current sweep (harness.run.main reads
     `sweep.last_summary` for its exit code, so a failed sweep must not leak into the next call)."""
-    argv, cwd, env = sys.argv[:], os.getcwd(), dict(os.environ)
+    argv, cwd, env = sys.argv, os.getcwd(), dict(os.environ)
     threads = torch.get_num_threads()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -56,7 +56,7 @@ def restored_process_state():
     try:
         yield
     finally:
-        sys.argv[:] = argv
+        sys.argv = argv
         os.chdir(cwd)
         if os.environ != env:
             os.environ.clear()
@@ -86,7 +86,7 @@ def run_module(module: str, *args: str, cwd: Path) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
     with restored_process_state(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         os.chdir(cwd)
-        sys.argv[:] = [str(Path(sys.modules[module].__file__)), *args]
+        sys.argv = [str(Path(sys.modules[module].__file__)), *args]
         # harness.run's @hydra.main finds conf/ relative to its task function's file only when that
         # function's module is __main__ (as under `python -m`); imported as harness.run it would
         # look for a package harness.conf, which has no __init__.py. Hydra reads this variable
