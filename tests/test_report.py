@@ -164,6 +164,7 @@ def test_bad_path_is_one_line_exit_2(tmp_path, capsys):
 def test_report_renders_in_headless_chromium(built, tmp_path):
     page, _ = built
     shot = tmp_path / "shot.png"
+    # a subprocess: the script drives a headless Chromium of its own
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_report.py"), str(page),
                           str(shot), "--height", "1600"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
