@@ -3,7 +3,6 @@ figures, bad input; and (marker `browser`) the report rendered in headless Chrom
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from harness.cli import compose_config, sweep
 from harness.report import compare
 from harness.report import figures as report_plots
 from harness.run import execute
+from tests.conftest import CliResult, run_module
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["width=8", "batch=4", "replicates=3", "plot=false", "progress=false"]
@@ -41,15 +41,10 @@ def small_sweep(tmp_path_factory) -> Path:
     return root
 
 
-def run_report(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "harness.report", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
-def built(small_sweep) -> tuple[Path, subprocess.CompletedProcess]:
-    res = run_report(str(small_sweep))
+def built(small_sweep) -> tuple[Path, CliResult]:
+    """`python -m harness.report SWEEP`, run in this process (tests/conftest.py)."""
+    res = run_module("harness.report", str(small_sweep), cwd=small_sweep)
     return small_sweep / "report" / "report.html", res
 
 
@@ -169,6 +164,7 @@ def test_bad_path_is_one_line_exit_2(tmp_path, capsys):
 def test_report_renders_in_headless_chromium(built, tmp_path):
     page, _ = built
     shot = tmp_path / "shot.png"
+    # a subprocess: the script drives a headless Chromium of its own
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_report.py"), str(page),
                           str(shot), "--height", "1600"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
