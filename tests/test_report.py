@@ -182,10 +182,18 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert shot.is_file() and "of pixels off the background" in res.stdout
     # the page's own script ran (a filter box above each sortable table) and, at 1400 px, the
     # document is no wider than the window (wide tables scroll inside their box)
+    # and its sorting and filtering work: click "severity" (ascending), type "tanh" in the box
     probe = page.parent / "probe.html"
-    probe.write_text(page.read_text().replace(
-        "</body>", "<script>document.body.dataset.width = document.documentElement.scrollWidth;"
-                   "</script></body>"))
+    probe.write_text(page.read_text().replace("</body>", """<script>
+const b = document.body, t = document.querySelector("#agreement ~ div table.sortable");
+b.dataset.width = document.documentElement.scrollWidth;
+[...t.tHead.rows[0].cells].find(th => th.textContent === "severity").click();
+const col = [...t.tHead.rows[0].cells].findIndex(th => th.textContent === "severity");
+b.dataset.sorted = [...t.tBodies[0].rows].map(r => r.cells[col].dataset.sort).join(" ");
+const f = t.parentNode.querySelector("input.filter");
+f.value = "tanh"; f.dispatchEvent(new Event("input"));
+b.dataset.shown = [...t.tBodies[0].rows].filter(r => !r.hidden).map(r => r.cells[0].textContent).join(" ");
+</script></body>"""))
     dom = subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
                           "--window-size=1400,1600", f"--user-data-dir={tmp_path / 'profile'}",
                           "--dump-dom", probe.resolve().as_uri()],
@@ -193,6 +201,9 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert dom.count('class="filter"') == 2  # agreement and reproduce tables
     width = int(re.search(r'data-width="(\d+)"', dom).group(1))
     assert 0 < width <= 1400
+    severities = [float(x) for x in re.search(r'data-sorted="([^"]*)"', dom).group(1).split()]
+    assert len(severities) == 4 and severities == sorted(severities)
+    assert re.search(r'data-shown="([^"]*)"', dom).group(1) == "tanh tanh"
 
 
 # ---- issue 18: the four cases of the 100-run sweep ------------------------------------------------
