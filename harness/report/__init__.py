@@ -2,9 +2,12 @@
 a sweep, or any folder of runs.
 
 Writes `report.html` (figures embedded as base64 PNGs, no external resources: it opens offline)
-and the same figures as PNG files beside it, by default into `PATH/report/`. The report holds the
-sweep summary (done / skipped / failed jobs and their errors), the agreement table (disagreements
-first), per-layer variance figures faceted by the swept keys, heatmaps over two swept keys of
+and the same figures as PNG files beside it, by default into `PATH/report/`. The report holds a
+triage block (runs per class, the worst runs with one-line reasons, which swept keys explain the
+disagreements; the rules are `harness.report.compare`'s), the configuration (long values
+summarised), the sweep summary (done / skipped / failed jobs and their errors), the agreement table
+(by class, then severity; sortable and filterable by a short inline script), per-layer variance
+figures faceted by the swept keys (mean, median, range, theory), heatmaps over two swept keys of
 where each pass ends and of log10(measured/theory), and the command that reproduces each run.
 """
 

@@ -1,6 +1,13 @@
 """Measured vs theory across many runs: which keys were swept, per-layer statistics per run, the
 end of each pass, and the agreement table. Tidy DataFrames in, tidy DataFrames out.
 
+The one place where the agreement rules live (the report, the console verdict in
+`harness.outputs.summary` and `harness.api` use them; this module imports nothing else of the
+harness): how each kind of quantity is compared (`KINDS`: |log10 r| for positive quantities,
+|difference| for signed ones), when a replicate mean is carried by a few replicates
+(`layer_stats`' `dominated`), one class per run (`assess`: agrees / finite-width bias / disagrees /
+numerical, `CLASS_RULES`), its severity, and which swept keys explain a class (`explain`).
+
 A frame from `harness.load` has one row per (run_dir, replicate, layer, quantity); every column
 other than the measurement columns is part of a run's config.
 """
