@@ -68,6 +68,11 @@ class Spec:
     image: int | None = None
     padding_mode: str | None = None
     conv_dim: int | None = None
+    #: arch=resmlp's residual.* keys (harness.archs.resmlp), None for the other architectures
+    residual_branch_depth: int | None = None
+    residual_alpha: float | None = None
+    residual_depth_scaling: str | None = None
+    residual_nf: bool | None = None
     #: the scheme's own resolved parameters beyond gain/nonlinearity/a (e.g. variance_scaling's
     #: scale and distribution, meanfield's sigma_w2 and sigma_b2), as (key, value) pairs
     scheme_params: tuple[tuple[str, Any], ...] = ()
@@ -238,6 +243,7 @@ class Spec:
         dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
         own = arch.config(cfg)  # the architecture's own keys, validated by its entry
+        _unused_groups(cfg, arch)
         if inits.scheme(scheme_name).calibrates_on_data and LSUV not in arch.capabilities:
             raise ConfigError(f"scheme lsuv calibrates {archs.labels(LSUV)} only; for "
                               f"arch={arch.name} choose another scheme")
@@ -286,6 +292,20 @@ def _jacobian(cfg: Mapping[str, Any], arch: archs.Architecture, batch: int) -> i
         raise ConfigError(f"jacobian is implemented for {archs.names(JACOBIAN)} only; for "
                           f"arch={arch.name} leave it at 0 (got jacobian={k})")
     return int(k)
+
+
+def _unused_groups(cfg: Mapping[str, Any], arch: archs.Architecture) -> None:
+    """A key set (not None) in a config group the architecture does not read is an error
+    (e.g. residual.alpha with arch=mlp), not silently ignored."""
+    for group, readers in archs.groups().items():
+        if group in arch.groups:
+            continue
+        node = cfg.get(group) or {}
+        for key, value in node.items():
+            if value is not None:
+                raise ConfigError(
+                    f"{group}.{key} applies to {', '.join(f'arch={r}' for r in readers)} only; "
+                    f"for arch={arch.name} leave it unset (got {group}.{key}={value!r})")
 
 
 def _resolve_device(device: Any) -> str:

@@ -111,7 +111,7 @@ def sample_chunk(
                    for o, n, shape in zip(offsets, sizes, spec.weight_shapes, strict=True)]
     else:
         weights = [empty(f"weight{l}", (r, *shape)) for l, shape in enumerate(spec.weight_shapes)]
-    biases = ([empty(f"bias{l}", (r, n)) for l, n in enumerate(spec.widths[1:])]
+    biases = ([empty(f"bias{l}", (r, shape[0])) for l, shape in enumerate(spec.weight_shapes)]
               if spec.bias_std > 0 else None)
     x0 = empty("x0", (r, spec.batch, spec.widths[0], *spec.spatial))
     cot = empty("cotangent", (r, spec.batch, spec.widths[-1], *spec.spatial))
