@@ -73,6 +73,7 @@ CASES = [
     ("act=softplus", "residual.branch_depth=2", "residual.nf=true", "residual.depth_scaling=linear",
      "bias_std=0.2"),
     ("act=linear", "residual.alpha=0"),
+    ("act=relu", "scheme=fixup", "residual.branch_depth=2", "bias_std=0.1"),
 ]
 
 
@@ -189,3 +190,36 @@ def test_measured_agrees_with_theory_slow(overrides):
     spec = small_spec("arch=resmlp", "depth=12", "width=1024", "batch=32", "replicates=32",
                       "device=cpu", *overrides)
     _check_against_theory(spec)
+
+
+def test_fixup_scales_and_errors():
+    spec = small_spec("arch=resmlp", "scheme=fixup", "depth=9", "width=16", "residual.branch_depth=2",
+                      "act=relu")
+    # kaiming's 2/n inside the branch times L^(-1/(2m-2))² = 1/9; the last layer 0
+    np.testing.assert_allclose(spec.weight_variances(), [2 / 16 / 9, 0.0] * 9, rtol=1e-14)
+    g = torch.Generator().manual_seed(0)
+    weights, _, _, _ = sample_chunk(spec, 2, g)
+    assert all(bool((w == 0).all()) for w in weights[1::2])
+    # drawn std of the first layers: √(2/16/9) within sampling error (2·16·16·9 entries; 5 s.e.)
+    first = torch.cat([w.ravel() for w in weights[0::2]])
+    assert abs(first.var().item() / (2 / 16 / 9) - 1) < 5 * math.sqrt(2 / first.numel())
+    with pytest.raises(ConfigError, match="scheme fixup .* ≥ 2; got residual.branch_depth=1"):
+        small_spec("arch=resmlp", "scheme=fixup")
+    with pytest.raises(ConfigError, match="scheme fixup .* got no residual branches"):
+        small_spec("arch=mlp", "scheme=fixup")
+
+
+def test_fixup_output_is_depth_independent_and_last_layer_gradient_nonzero():
+    for depth in (4, 16):
+        spec = small_spec("arch=resmlp", "scheme=fixup", f"depth={depth}", "width=64", "batch=8",
+                          "replicates=4", "residual.branch_depth=2", "input_var=1.5", "device=cpu")
+        th = predict(spec)
+        np.testing.assert_allclose(th["forward"], 1.5, rtol=1e-14)
+        np.testing.assert_allclose(th["backward"], 1.0, rtol=1e-14)
+        assert (th["weight_grad"][1::2] > 0).all() and (th["weight_grad"][0::2] == 0).all()
+        m = measure(spec, progress=False)
+        # the branches output exactly 0: the stream is x^0 at every block, exactly
+        v = m.values["forward"]
+        np.testing.assert_allclose(v, np.repeat(v[:, :1], depth, axis=1), rtol=1e-6)
+        assert (m.values["weight_grad"][:, 1::2] > 0).all()
+        assert (m.values["weight_grad"][:, 0::2] == 0).all()

@@ -110,6 +110,16 @@ class Architecture(ABC):
         k = self.kernel_shape(spec)
         return [(spec.widths[l + 1], spec.widths[l], *k) for l in range(spec.depth)]
 
+    def branch_depth(self, spec: Spec) -> int | None:
+        """Weight layers per residual branch (None: not a residual architecture), which schemes
+        that act on branches ask for (`harness.core.schemes.Scheme.check_branches`)."""
+        return None
+
+    def layer_scales(self, spec: Spec) -> list[float] | None:
+        """A factor per weight layer on the scheme's draw (and so its variance squared), from the
+        layer's role (e.g. scheme=fixup's branch scaling); None: every factor 1."""
+        return None
+
     @abstractmethod
     def quantities(self, spec: Spec) -> tuple[str, ...]:
         """The quantities a run of `spec` measures (the rows of metrics.parquet)."""

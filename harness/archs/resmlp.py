@@ -63,7 +63,7 @@ from torch import nn
 
 from harness.archs.base import INPUT_CORR, Architecture, Tick
 from harness.archs.mlp import _mean_sq_rows, mean_cosine
-from harness.core import validate
+from harness.core import schemes, validate
 from harness.core.activations import Activation
 from harness.core.quadrature import gaussian_expectation
 from harness.core.validate import ConfigError
@@ -326,6 +326,17 @@ class ResMLP(Architecture):
         """(n, n) per weight layer, L·m of them."""
         n = spec.widths[0]
         return [(n, n)] * (spec.depth * spec.residual_branch_depth)  # type: ignore[operator]
+
+    def branch_depth(self, spec: Spec) -> int | None:
+        """residual.branch_depth."""
+        return spec.residual_branch_depth
+
+    def layer_scales(self, spec: Spec) -> list[float] | None:
+        """The scheme's factor per branch layer (`Scheme.branch_scale`: fixup's), block by block."""
+        entry = schemes.scheme(spec.scheme)
+        m, L = spec.residual_branch_depth, spec.depth
+        scales = [entry.branch_scale(j, m, L) for _ in range(L) for j in range(1, m + 1)]  # type: ignore[arg-type]
+        return None if all(s == 1.0 for s in scales) else scales
 
     def quantities(self, spec: Spec) -> tuple[str, ...]:
         """forward, branch, backward, weight_grad, correlation (batch ≥ 2)."""

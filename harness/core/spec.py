@@ -119,12 +119,19 @@ class Spec:
         return self.architecture.weight_shapes(self)
 
     def weight_variances(self) -> list[float]:
-        """Var(W^l) per layer, from the one function the sampler uses too."""
-        return [
+        """Var(W^l) per layer, from the one function the sampler uses too (times the square of
+        the architecture's layer scale, e.g. scheme=fixup's branch factor)."""
+        var = [
             inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain,
                                   **dict(self.scheme_params))
             for s in self.weight_shapes
         ]
+        scales = self.layer_scales()
+        return var if scales is None else [v * s * s for v, s in zip(var, scales, strict=True)]
+
+    def layer_scales(self) -> list[float] | None:
+        """The architecture's factor per weight layer on the scheme's draw (None: all 1)."""
+        return self.architecture.layer_scales(self)
 
     def tap_variances(self) -> list[np.ndarray]:
         """E[W^l[:, :, t]²] per kernel tap t (shape kernel_shape), per layer."""
@@ -253,7 +260,7 @@ class Spec:
         _ask(inits.scheme(scheme_name).check_widths, widths)  # delta_orthogonal: C_in ≤ C_out
         jacobian = _jacobian(cfg, arch, batch)
 
-        return cls(
+        spec = cls(
             arch=arch.name,
             depth=depth,
             widths=widths,
@@ -279,6 +286,8 @@ class Spec:
             input_corr=float(input_corr),
             jacobian=jacobian,
         )
+        _ask(inits.scheme(scheme_name).check_branches, arch.branch_depth(spec))  # fixup: m ≥ 2
+        return spec
 
 
 # ---- helpers ------------------------------------------------------------------------------

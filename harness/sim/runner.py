@@ -134,6 +134,10 @@ def sample_chunk(
     if flat is not None and common is None:
         for W, (_, scale) in zip(weights, forms, strict=True):
             W.mul_(scale)
+    layer_scales = spec.layer_scales()  # e.g. scheme=fixup's branch factors (None: all 1)
+    for W, s in zip(weights, layer_scales or (), strict=False):
+        if s != 1.0:
+            W.mul_(s)
     return weights, biases, x0, cot
 
 
