@@ -11,6 +11,7 @@ import torch
 from scipy.stats import norm
 
 from harness.archs import resmlp
+from harness.bench import _naive_one
 from harness.core import activations
 from harness.core.validate import ConfigError
 from harness.sim import reference
@@ -223,3 +224,50 @@ def test_fixup_output_is_depth_independent_and_last_layer_gradient_nonzero():
         np.testing.assert_allclose(v, np.repeat(v[:, :1], depth, axis=1), rtol=1e-6)
         assert (m.values["weight_grad"][:, 1::2] > 0).all()
         assert (m.values["weight_grad"][:, 0::2] == 0).all()
+
+
+def test_nf_linear_stream_follows_one_plus_l_alpha_squared():
+    """Brock et al. 2021: with φ = identity (γ = 1) and unit-variance branches the NF stream has
+    variance input_var + l·α²; the branch sees x/β_l of variance exactly 1."""
+    spec = small_spec("arch=resmlp", "act=linear", "depth=10", "residual.nf=true",
+                      "residual.alpha=0.3", "input_var=1.0")
+    p = predict(spec)
+    np.testing.assert_allclose(p["forward"], 1 + 0.09 * np.arange(1, 11), rtol=1e-12)
+    np.testing.assert_allclose(p["branch"], 1.0, rtol=1e-12)
+
+
+def test_ws_standardizes_rows_and_theory_removes_the_mean():
+    spec = small_spec("arch=resmlp", "act=relu", "ws=true", "depth=3", "width=32",
+                      "residual.branch_depth=2", "device=cpu")
+    weights, _, _, _ = sample_chunk(spec, 2, torch.Generator().manual_seed(0))
+    g = spec.gain
+    for w in weights:  # every row: mean 0, Σ_j W_ij² = g²
+        np.testing.assert_allclose(w.sum(-1).numpy(), 0.0, atol=1e-5)
+        np.testing.assert_allclose(w.square().sum(-1).numpy(), g * g, rtol=1e-5)
+    # relu, σ² = g² = 2, q_0 = 1: h₁ = 2 (V − M²)(1) = 2 (1/2 − 1/(2π)), B = 2 (1/2 − 1/(2π)) p
+    p = predict(spec)
+    var1 = 0.5 - 1 / (2 * math.pi)
+    assert p["branch"][0] == pytest.approx(2 * var1 * 2 * var1, rel=1e-9)
+    with pytest.raises(ConfigError, match="ws is implemented for arch=mlp, arch=resmlp only"):
+        small_spec("arch=conv", "ws=true")
+
+
+@pytest.mark.parametrize("arch", [("arch=mlp", "depth=6"), ("arch=resmlp", "depth=6", "residual.nf=true",
+                                                             "residual.alpha=0.5")])
+def test_ws_measured_agrees_with_theory(arch):
+    spec = small_spec(*arch, "act=relu", "ws=true", "width=512", "batch=16", "replicates=24",
+                      "device=cpu")
+    _check_against_theory(spec)
+
+
+def test_bench_naive_loop_measures_what_the_runner_does():
+    """harness.bench's naive baseline (hooks on one ResidualBlock network) gives the runner's
+    numbers on the same weights, inputs and cotangents."""
+    spec = small_spec("arch=resmlp", "depth=3", "width=6", "batch=4", "replicates=2", "act=tanh",
+                      "dtype=float64", "device=cpu", "residual.branch_depth=2", "residual.alpha=0.5")
+    weights, biases, x0, cot = sample_chunk(spec, 2, torch.Generator().manual_seed(5))
+    got = spec.architecture.propagate(spec, weights, biases, x0, cot)
+    for r, net in enumerate(reference.ensemble(spec, weights, biases)):
+        rec = _naive_one(net, spec, x0[r], cot[r])
+        for k in ("forward", "branch", "backward", "weight_grad"):
+            np.testing.assert_allclose(rec[k], got[k][r].numpy(), rtol=1e-10, err_msg=k)

@@ -46,7 +46,9 @@ CRITICALITY = "criticality"
 FINITE_WIDTH_BAND = "finite_width_band"
 #: position-resolved statistics and theory: positions.parquet (`position_maps`)
 POSITIONS = "positions"
-CAPABILITIES = (JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND, POSITIONS)
+#: ws=true: scaled weight standardization, with its theory (a request)
+WS = "ws"
+CAPABILITIES = (JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND, POSITIONS, WS)
 
 
 class Architecture(ABC):

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.archs.base import INPUT_CORR, Architecture, Tick
+from harness.archs.base import INPUT_CORR, WS, Architecture, Tick
 from harness.archs.mlp import _mean_sq_rows, mean_cosine
 from harness.core import schemes, validate
 from harness.core.activations import Activation
@@ -69,6 +69,7 @@ from harness.core.quadrature import gaussian_expectation
 from harness.core.validate import ConfigError
 from harness.sim import dense
 from harness.sim.workspace import Workspace
+from harness.theory.meanfield import mean_phi
 
 if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
     from harness.core.spec import Spec
@@ -245,10 +246,13 @@ def predict(spec: Spec, weight_variances: Sequence[float] | None = None) -> dict
     wg_in = np.full(L * m, np.nan)  # E[(input of W_k)²]
     wg_back = np.ones(L * m)  # E[ε_k²] / (α_l² g^l)
 
+    def centre(qq: float) -> float:  # ws=true: the rows sum to 0, removing (γ M_φ)²
+        return g2 * float(mean_phi(act, qq)) ** 2 if spec.ws else 0.0
+
     def cmap(qq: float, qq12: float) -> float:
         if not (np.isfinite(qq) and qq > 0 and np.isfinite(qq12)):
             return math.nan
-        return float(act.C(qq, min(1.0, max(-1.0, qq12 / qq))))
+        return g2 * float(act.C(qq, min(1.0, max(-1.0, qq12 / qq)))) - centre(qq)
 
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
         for l in range(L):
@@ -259,7 +263,7 @@ def predict(spec: Spec, weight_variances: Sequence[float] | None = None) -> dict
                 k = l * m + j
                 wg_in[k] = g2 * float(act.V(z))
                 ds.append(g2 * float(act.D(z)))
-                z, z12 = s2[k] * wg_in[k] + b2, s2[k] * g2 * cmap(z, z12) + b2
+                z, z12 = s2[k] * (wg_in[k] - centre(z)) + b2, s2[k] * cmap(z, z12) + b2
             # z is the branch output's moment B^l; chain rule through the branch
             for j in range(m - 1, 0, -1):  # ε_{j-1} = γφ'(·) ⊙ ε_j W_j
                 k = l * m + j
@@ -301,7 +305,7 @@ class ResMLP(Architecture):
 
     name = "resmlp"
     label = "residual MLPs"
-    capabilities = frozenset({INPUT_CORR})
+    capabilities = frozenset({INPUT_CORR, WS})
     keys: Mapping[str, str] = KEYS
     groups = (GROUP,)
     all_quantities = QUANTITIES

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from harness import archs
-from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV
+from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV, WS
 from harness.core import activations
 from harness.core import init as inits
 from harness.core.validate import ConfigError
@@ -80,6 +80,8 @@ class Spec:
     input_corr: float = 0.0
     #: inputs per replicate at which the exact input-output Jacobian is formed (0: not measured)
     jacobian: int = 0
+    #: scaled weight standardization: per output unit W ← g (W − mean)/(std·√fan_in)
+    ws: bool = False
 
     # ---- derived views ------------------------------------------------------------------
     @property
@@ -121,11 +123,15 @@ class Spec:
     def weight_variances(self) -> list[float]:
         """Var(W^l) per layer, from the one function the sampler uses too (times the square of
         the architecture's layer scale, e.g. scheme=fixup's branch factor)."""
-        var = [
-            inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain,
-                                  **dict(self.scheme_params))
-            for s in self.weight_shapes
-        ]
+        if self.ws:  # standardized rows: Σ_j W_ij² = g² exactly, Var(W) = g²/fan_in
+            g = 1.0 if self.gain is None else self.gain
+            var = [g * g / inits.fans(s)[0] for s in self.weight_shapes]
+        else:
+            var = [
+                inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain,
+                                      **dict(self.scheme_params))
+                for s in self.weight_shapes
+            ]
         scales = self.layer_scales()
         return var if scales is None else [v * s * s for v, s in zip(var, scales, strict=True)]
 
@@ -170,6 +176,7 @@ class Spec:
                                       for k, v in self.scheme_params),
             "input_corr": self.input_corr,
             "jacobian": self.jacobian,
+            "ws": self.ws,
             "dtype": self.dtype,
             "device": self.device,
             # every architecture's own keys (None where they do not apply): one set of columns
@@ -243,6 +250,12 @@ class Spec:
         input_corr = cfg.get("input_corr", 0.0)
         if not (_is_number(input_corr) and 0.0 <= input_corr <= 1.0):
             raise ConfigError(f"input_corr must be a number in [0, 1]; got {input_corr!r}")
+        ws = cfg.get("ws", False)
+        if not isinstance(ws, bool):
+            raise ConfigError(f"ws must be true or false (scaled weight standardization); got {ws!r}")
+        if ws and WS not in arch.capabilities:
+            raise ConfigError(f"ws is implemented for {archs.names(WS)} only; for arch={arch.name} "
+                              f"leave it false")
         batch = _int(cfg, "batch", minimum=1)
         replicates = _int(cfg, "replicates", minimum=1)
         seed = _int(cfg, "seed", minimum=0, default=0)
@@ -285,6 +298,7 @@ class Spec:
             scheme_params=tuple(params.items()),
             input_corr=float(input_corr),
             jacobian=jacobian,
+            ws=ws,
         )
         _ask(inits.scheme(scheme_name).check_branches, arch.branch_depth(spec))  # fixup: m ≥ 2
         return spec
