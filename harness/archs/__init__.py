@@ -46,12 +46,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.archs import conv, mlp, resmlp
+from harness.archs import conv, mlp, resconv, resmlp
 from harness.archs.base import CAPABILITIES, Architecture
 from harness.core.validate import ConfigError
 
 #: arch name -> entry, in the order the CLI lists them
-REGISTRY: dict[str, Architecture] = {a.name: a for a in (mlp.ARCH, conv.ARCH, resmlp.ARCH)}
+REGISTRY: dict[str, Architecture] = {a.name: a for a in (mlp.ARCH, conv.ARCH, resmlp.ARCH, resconv.ARCH)}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 __all__ = ["CAPABILITIES", "NAMES", "REGISTRY", "Architecture", "all_quantities", "column_dtypes",
