@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.bench import _naive_one
 from harness.sim import reference
 from harness.sim.runner import measure, sample_chunk
 from harness.theory.meanfield import predict
@@ -93,3 +94,14 @@ def test_measured_agrees_with_theory_circular_linear():
         v = meas.values[q]
         sem = v.std(0, ddof=1) / math.sqrt(v.shape[0])
         assert (np.abs(v.mean(0) - th[q]) <= z * sem).all(), (q, v.mean(0), th[q], sem)
+
+
+def test_bench_naive_loop_measures_what_the_runner_does():
+    spec = small_spec("arch=resconv", "depth=2", "width=3", "image=5", "batch=3", "replicates=2",
+                      "dtype=float64", "device=cpu", "residual.branch_depth=2", "act=tanh")
+    weights, biases, x0, cot = sample_chunk(spec, 2, torch.Generator().manual_seed(4))
+    got = spec.architecture.propagate(spec, weights, biases, x0, cot)
+    for r, net in enumerate(reference.ensemble(spec, weights, biases)):
+        rec = _naive_one(net, spec, x0[r], cot[r])
+        for k in ("forward", "branch", "backward", "weight_grad"):
+            np.testing.assert_allclose(rec[k], got[k][r].numpy(), rtol=1e-10, err_msg=k)

@@ -61,11 +61,12 @@ DEFAULT_GRID = [
     ("conv", 20, 64, 32, 8),
     ("resmlp", 20, 256, 128, 16),
     ("resmlp", 50, 256, 256, 8),
+    ("resconv", 10, 16, 32, 8),
 ]
 QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2),
-              ("resmlp", 5, 32, 16, 4)]
+              ("resmlp", 5, 32, 16, 4), ("resconv", 2, 4, 4, 2)]
 #: the grid's keys of its own per architecture
-ARCH_KEYS = {"conv": ["kernel=3", "image=16"]}
+ARCH_KEYS = {"conv": ["kernel=3", "image=16"], "resconv": ["kernel=3", "image=16"]}
 
 
 # ---- the naive baseline -----------------------------------------------------------------------
@@ -130,7 +131,16 @@ def _naive_residual(net: nn.Sequential, spec: Spec, x0: torch.Tensor,
     (net(x0) * cot).sum().backward()
     for h in handles:
         h.remove()
-    rec["weight_grad"] = [(d_sq[k] * x_sq[k]).mean().item() for k in range(len(linears))]
+    if spec.architecture.weight_grad_is_outer_product:
+        rec["weight_grad"] = [(d_sq[k] * x_sq[k]).mean().item() for k in range(len(linears))]
+        return rec
+    # convs: the per-example gradient sums over positions, one backward pass per example
+    wg = np.zeros(len(linears))
+    for b in range(x0.shape[0]):
+        net.zero_grad()
+        (net(x0[b : b + 1]) * cot[b : b + 1]).sum().backward()
+        wg += [lin.weight.grad.square().mean().item() for lin in linears]
+    rec["weight_grad"] = (wg / x0.shape[0]).tolist()
     return rec
 
 
