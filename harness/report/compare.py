@@ -120,7 +120,7 @@ SIGNED = Kind("signed", signed=True)
 #: new quantity that may be 0 or negative must be listed as SIGNED
 KINDS: dict[str, Kind] = {
     "forward": POSITIVE, "activation": POSITIVE, "backward": POSITIVE, "weight_grad": POSITIVE,
-    "channel_mean_sq": POSITIVE, "channel_var": POSITIVE,
+    "channel_mean_sq": POSITIVE, "channel_var": POSITIVE, "branch": POSITIVE,
     "jacobian_mean": POSITIVE, "jacobian_var": POSITIVE, "jacobian_rel_var": POSITIVE,
     "correlation": SIGNED,
 }
