@@ -175,7 +175,7 @@ def test_run_command_line_is_a_result_or_one_line(argv):
 
 
 @pytest.mark.slow
-@seeded(1500)
+@seeded(500)
 @given(command_line())
 def test_run_command_line_is_a_result_or_one_line_many(argv):
     check_precheck(argv)
@@ -315,12 +315,23 @@ def check_api(argv: list[str], kwargs: dict) -> None:
     assert len(r.frame) > 0
 
 
-@seeded(12)
-@given(command_line(tiny=True), api_kwargs)
-def test_api_run_is_a_result_or_one_line_config_error(argv, kwargs):
+def check_api_small(argv: list[str], kwargs: dict) -> None:
     # huge sizes from kwargs would be a long run, not a traceback: keep them small here
     kwargs = {k: v for k, v in kwargs.items() if not (k in SIZE_KEYS and isinstance(v, int) and v > 4)}
     check_api(argv, kwargs)
+
+
+@seeded(12)
+@given(command_line(tiny=True), api_kwargs)
+def test_api_run_is_a_result_or_one_line_config_error(argv, kwargs):
+    check_api_small(argv, kwargs)
+
+
+@pytest.mark.slow
+@seeded(100)
+@given(command_line(tiny=True), api_kwargs)
+def test_api_run_is_a_result_or_one_line_config_error_many(argv, kwargs):
+    check_api_small(argv, kwargs)
 
 
 # ---- the other commands: report, papers, phase, gains, bench ----------------------------------------
@@ -379,6 +390,17 @@ def check_command(main, argv: list[str]) -> None:
 @seeded(15)
 @given(st.data())
 def test_report_is_a_report_or_one_line(folders, data):
+    check_report_is_a_report_or_one_line(folders, data)
+
+
+@pytest.mark.slow
+@seeded(100)
+@given(st.data())
+def test_report_is_a_report_or_one_line_many(folders, data):
+    check_report_is_a_report_or_one_line(folders, data)
+
+
+def check_report_is_a_report_or_one_line(folders, data) -> None:
     argv = [str(folders[data.draw(paths)])]
     if data.draw(st.booleans()):
         argv += [data.draw(st.sampled_from(["--k", "--alpha"])), data.draw(flag_values)]
@@ -391,6 +413,17 @@ def test_report_is_a_report_or_one_line(folders, data):
 @seeded(15)
 @given(st.data())
 def test_papers_and_phase_are_a_figure_or_one_line(folders, data):
+    check_papers_and_phase_are_a_figure_or_one_line(folders, data)
+
+
+@pytest.mark.slow
+@seeded(100)
+@given(st.data())
+def test_papers_and_phase_are_a_figure_or_one_line_many(folders, data):
+    check_papers_and_phase_are_a_figure_or_one_line(folders, data)
+
+
+def check_papers_and_phase_are_a_figure_or_one_line(folders, data) -> None:
     cmd = data.draw(st.sampled_from(["papers", "phase"]))
     argv = [str(folders[data.draw(paths)])]
     if cmd == "papers":
@@ -404,12 +437,24 @@ def test_papers_and_phase_are_a_figure_or_one_line(folders, data):
 @seeded(10)
 @given(st.data())
 def test_gains_and_bench_arguments_are_checked_or_one_line(folders, data):
+    check_gains_and_bench_arguments_are_checked_or_one_line(folders, data)
+
+
+@pytest.mark.slow
+@seeded(100)
+@given(st.data())
+def test_gains_and_bench_arguments_are_checked_or_one_line_many(folders, data):
+    check_gains_and_bench_arguments_are_checked_or_one_line(folders, data)
+
+
+def check_gains_and_bench_arguments_are_checked_or_one_line(folders, data) -> None:
     """gains: --out (a table, 1 s); bench: its arguments only (`bench.parse`), not a benchmark."""
     if data.draw(st.booleans()):
         argv = data.draw(out_arg(folders))
         if data.draw(st.booleans()):
             argv.append(data.draw(st.sampled_from(["--bogus", "extra", "--out"])))
-        check_command(gains.main, argv)
+        with empty_cwd():  # the default --out is results/gains under the working directory
+            check_command(gains.main, argv)
         return
     argv = []
     for flag in data.draw(st.lists(st.sampled_from(["--device", "--dtype", "--repeat", "--min-time"]),
@@ -494,3 +539,9 @@ def test_a_plus_key_the_harness_reads_is_fine():
     """`+` on a key the config already has (Hydra: ++ forces) is not an unknown key."""
     Spec.from_config(compose_config(["++seed=3"]))
     precheck(["++seed=3", "depth=2"])
+
+
+@pytest.mark.parametrize("name", groups()["experiment"])
+def test_every_experiment_passes_the_key_check(name):
+    """An experiment's own keys (pennington2017's `critical` table) are keys the harness reads."""
+    precheck(["--multirun", f"experiment={name}"])

@@ -125,7 +125,8 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
         where = f" under {'.'.join(parent)}" if parent else ""
         known = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else "none"
         raise ConfigError(f"unknown config key {key!r}; keys{where}: {known}") from None
-    _check_keys(cfg)
+    chosen = [t.split("=", 1)[1] for k, t in first if k == experiments.GROUP and "=" in t]
+    _check_keys(cfg, chosen[-1] if chosen else None)
     try:  # an interpolation ${...} to a key that is not there
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
@@ -163,10 +164,19 @@ def known_keys() -> tuple[str, ...]:
     return tuple(map(str, compose_config([]).keys()))
 
 
-def _check_keys(cfg: DictConfig) -> None:
-    """A key added with + (or by an experiment) that the harness does not read is refused (it
-    would be ignored silently). Under scheme. and act. the registry entries refuse unknown keys."""
-    known = known_keys()
+@functools.cache
+def _experiment_keys(name: str) -> tuple[str, ...]:
+    """The top-level keys experiments/NAME.yaml defines (e.g. pennington2017's `critical`, the
+    table its interpolations read)."""
+    path = experiments.EXPERIMENTS_DIR / f"{name}.yaml"
+    return tuple(map(str, OmegaConf.load(path).keys())) if path.is_file() else ()
+
+
+def _check_keys(cfg: DictConfig, experiment: str | None) -> None:
+    """A key added with + that the harness does not read is refused (it would be ignored
+    silently); the chosen experiment's own keys are known. Under scheme. and act. the registry
+    entries refuse unknown keys."""
+    known = known_keys() + (_experiment_keys(experiment) if experiment else ())
     unknown = [str(k) for k in cfg.keys() if k not in known]
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}: the harness would ignore it; "
