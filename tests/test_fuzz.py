@@ -545,3 +545,9 @@ def test_a_plus_key_the_harness_reads_is_fine():
 def test_every_experiment_passes_the_key_check(name):
     """An experiment's own keys (pennington2017's `critical` table) are keys the harness reads."""
     precheck(["--multirun", f"experiment={name}"])
+
+
+def test_a_sweep_is_fine_where_hydra_runs_a_multirun():
+    """An experiment that sets hydra.mode=MULTIRUN (phase_diagram) sweeps without --multirun."""
+    precheck(["experiment=phase_diagram", "scheme.sigma_w2=0.5,3"])
+    precheck(["hydra.mode=MULTIRUN", "depth=2,3"])

@@ -99,14 +99,18 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
                     raise ConfigError(f"unknown {key} {v!r}; allowed: {', '.join(options[key])}")
         if key == LAUNCHER and not o.is_delete():
             _check_launcher(values or [])
-        if o.is_sweep_override() and not multirun:  # else Hydra's "Ambiguous value", many lines
-            raise ConfigError(f"{o.input_line!r} sweeps {key} over several values: add --multirun "
-                              f"to run each, write {key}=[a,b] for a list, or quote a string with "
-                              f"commas ({key}='a,b')")
         text = o.input_line or ""
         if o.is_sweep_override() and values:
             text = f"{o.get_key_element()}={values[0]}"
         first.append((key, text))
+    chosen = [t.split("=", 1)[1] for k, t in first if k == experiments.GROUP and "=" in t]
+    experiment = chosen[-1] if chosen else None
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not (multirun or _runs_multirun(experiment, first)):  # else Hydra's many lines
+        o = sweeps[0]
+        raise ConfigError(f"{o.input_line!r} sweeps {o.key_or_group} over several values: add "
+                          f"--multirun to run each, write {o.key_or_group}=[a,b] for a list, or "
+                          f"quote a string with commas ({o.key_or_group}='a,b')")
     try:
         cfg = compose_config([t for _, t in first])
     except (HydraException, OmegaConfBaseException) as e:
@@ -125,8 +129,7 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
         where = f" under {'.'.join(parent)}" if parent else ""
         known = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else "none"
         raise ConfigError(f"unknown config key {key!r}; keys{where}: {known}") from None
-    chosen = [t.split("=", 1)[1] for k, t in first if k == experiments.GROUP and "=" in t]
-    _check_keys(cfg, chosen[-1] if chosen else None)
+    _check_keys(cfg, experiment)
     try:  # an interpolation ${...} to a key that is not there
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
@@ -162,6 +165,17 @@ def known_keys() -> tuple[str, ...]:
     """The top-level keys the harness reads: those of the default config (conf/config.yaml and
     its groups scheme, act)."""
     return tuple(map(str, compose_config([]).keys()))
+
+
+def _runs_multirun(experiment: str | None, overrides: list[tuple[str, str]]) -> bool:
+    """Whether Hydra runs this command line as a sweep without --multirun: `hydra.mode=MULTIRUN`
+    on it, or set by the chosen experiment (phase_diagram, pennington2017)."""
+    modes = [t.split("=", 1)[1] for k, t in overrides if k == "hydra.mode" and "=" in t]
+    if modes:
+        return modes[-1] == "MULTIRUN"
+    path = experiments.EXPERIMENTS_DIR / f"{experiment}.yaml"
+    return bool(experiment and path.is_file()
+                and OmegaConf.select(OmegaConf.load(path), "hydra.mode", default=None) == "MULTIRUN")
 
 
 @functools.cache
