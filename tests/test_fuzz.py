@@ -168,7 +168,7 @@ def check_precheck(argv: list[str]) -> None:
         assert_one_line_error(code, err, argv)
 
 
-@seeded(30)
+@seeded(20)
 @given(command_line())
 def test_run_command_line_is_a_result_or_one_line(argv):
     check_precheck(argv)
@@ -181,7 +181,7 @@ def test_run_command_line_is_a_result_or_one_line_many(argv):
     check_precheck(argv)
 
 
-@seeded(15)
+@seeded(10)
 @given(command_line(), st.sampled_from(["--multirun", "-m"]))
 def test_multirun_command_line_is_checked_or_one_line(argv, flag):
     """With --multirun the values are checked per job; the keys and groups still up front."""
