@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = ArgumentParser(prog="python -m harness.gains", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/gains", help="output folder")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out} exists and is not a folder")
+    out = parser.check_out(args.out, folder=True)
     df = table()
     md = to_markdown(df)
     print(md, end="")

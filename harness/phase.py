@@ -128,11 +128,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("path", help="a sweep folder of meanfield runs")
     parser.add_argument("--out", default=None, help="figure path (default PATH/phase_diagram.png)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parser.check_path(args.path)
+    out = parser.check_out(args.out if args.out else Path(args.path) / "phase_diagram.png", folder=False)
     try:
         points, act_name, sizes = grid(args.path)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
-    out = Path(args.out) if args.out else Path(args.path) / "phase_diagram.png"
     act = activations.get(act_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -27,6 +27,7 @@ The table is printed and written (with a figure) to `--out` (default results/ben
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -45,10 +46,12 @@ from torch import nn
 from harness.cli import ArgumentParser, compose_config
 from harness.core.init import init_
 from harness.core.init import scheme as scheme_entry
-from harness.core.spec import ConfigError, Spec
+from harness.core.spec import DEVICES, DTYPES, ConfigError, Spec
 from harness.sim import reference, workspace
 from harness.sim.runner import measure
 
+#: the most timings of one configuration (`best_time`'s max_repeat): --repeat is at most this
+MAX_REPEAT = 50
 #: (arch, depth, width, batch, replicates) of the default grid; conv: 3×3, 16×16 images
 DEFAULT_GRID = [
     ("mlp", 50, 64, 64, 64),
@@ -218,7 +221,7 @@ def _sync(device: str) -> None:
 
 
 def best_time(fn: Callable[[], object], device: str, repeat: int = 3, min_time: float = 0.0,
-              between: Callable[[], object] | None = None, max_repeat: int = 50) -> float:
+              between: Callable[[], object] | None = None, max_repeat: int = MAX_REPEAT) -> float:
     """Best wall time of at least `repeat` calls, more (up to `max_repeat`) until `min_time`
     seconds of them, after one warm-up call; `between` runs after each timed call, untimed."""
     fn()
@@ -398,7 +401,10 @@ def figure(df: pd.DataFrame):
     return fig
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Spec]]:
+    """The command line, checked, and the Specs of its grid; a bad one exits 2 with one line
+    (`harness.cli.ArgumentParser`): --repeat an integer in [1, 50], --min-time a finite number
+    ≥ 0, --device/--dtype as the config keys take them, --out not a file."""
     ap = ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dtype", default="float32", help="float32 | float64")
@@ -411,7 +417,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     ap.add_argument("--out", default=None, help="output folder (default results/bench/<time>)")
     args = ap.parse_args(argv)
-
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        ap.error(f"--repeat must be an integer in [1, {MAX_REPEAT}]; got {args.repeat}")
+    if args.min_time is not None and not (math.isfinite(args.min_time) and args.min_time >= 0):
+        ap.error(f"--min-time must be a finite number ≥ 0 (seconds); got {args.min_time}")
+    if args.out is not None:
+        ap.check_out(args.out, folder=True)
+    for key, allowed in (("device", DEVICES), ("dtype", tuple(DTYPES))):  # before they become overrides
+        value = getattr(args, key)
+        if value not in allowed:
+            print(f"error: unknown {key} {value!r}; allowed: {', '.join(allowed)}", file=sys.stderr)
+            raise SystemExit(2)
     grid = QUICK_GRID if args.quick else DEFAULT_GRID
     if args.min_time is None:
         args.min_time = 0.0 if args.quick else 3.0
@@ -427,6 +443,11 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    return args, specs
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, specs = parse(argv)
     device, dtype = specs[0].device, specs[0].torch_dtype
     print(f"machine: {torch.get_num_threads()} threads on {device} ({args.dtype}); the limits are "
           f"probed between the harness's timings of each configuration")

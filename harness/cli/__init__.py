@@ -10,6 +10,8 @@ and no files.
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -87,7 +89,7 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
     except HydraException as e:
         raise ConfigError(_one_line(str(e))) from None
     options = groups()
-    first: list[str] = []
+    first: list[tuple[str, str]] = []  # (key, the override with its first sweep value)
     for o in parsed:
         key = o.key_or_group
         values = _values(o)
@@ -100,25 +102,99 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
         text = o.input_line or ""
         if o.is_sweep_override() and values:
             text = f"{o.get_key_element()}={values[0]}"
-        first.append(text)
+        first.append((key, text))
+    chosen = [t.split("=", 1)[1] for k, t in first if k == experiments.GROUP and "=" in t]
+    experiment = chosen[-1] if chosen else None
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not (multirun or _runs_multirun(experiment, first)):  # else Hydra's many lines
+        o = sweeps[0]
+        raise ConfigError(f"{o.input_line!r} sweeps {o.key_or_group} over several values: add "
+                          f"--multirun to run each, write {o.key_or_group}=[a,b] for a list, or "
+                          f"quote a string with commas ({o.key_or_group}='a,b')")
     try:
-        cfg = compose_config(first)
+        cfg = compose_config([t for _, t in first])
     except (HydraException, OmegaConfBaseException) as e:
-        m = re.search(r"Could not override '([^']+)'", str(e))
-        if m:
-            key = m.group(1)
-            parent, _, _ = key.rpartition(".")
-            node = compose_config([o for o in first if not o.startswith(key)])
-            node = OmegaConf.select(node, parent) if parent else node
-            where = f" under {parent}" if parent else ""
-            known = ", ".join(node.keys()) if isinstance(node, DictConfig) else "none"
-            raise ConfigError(
-                f"unknown config key {key!r}; keys{where}: {known} (prefix + to add a new key)"
-            ) from None
+        key = _unknown_key(e)
+        if key is None:
+            raise ConfigError(_one_line(str(e))) from None
+        node = _compose_dropping([(k, t) for k, t in first if k != key])
+        parts = key.split(".")
+        parent: list[str] = []  # the deepest node on the key's path that exists
+        while node is not None and len(parent) < len(parts) - 1:
+            child = OmegaConf.select(node, parts[len(parent)], default=None)
+            if not isinstance(child, DictConfig):
+                break
+            node, parent = child, [*parent, parts[len(parent)]]
+        key = ".".join(parts[: len(parent) + 1])
+        where = f" under {'.'.join(parent)}" if parent else ""
+        known = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else "none"
+        raise ConfigError(f"unknown config key {key!r}; keys{where}: {known}") from None
+    _check_keys(cfg, experiment)
+    try:  # an interpolation ${...} to a key that is not there
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
         raise ConfigError(_one_line(str(e))) from None
     if not multirun:
         Spec.from_config(cfg)
     return cfg
+
+
+def _unknown_key(error: Exception) -> str | None:
+    """The key of Hydra's "Could not override 'KEY'" (a key the config does not have), else None."""
+    m = re.search(r"Could not override '([^']+)'", str(error))
+    return m.group(1) if m else None
+
+
+def _compose_dropping(overrides: list[tuple[str, str]]) -> DictConfig | None:
+    """The config composed from `overrides` less every key it does not have (several unknown
+    keys fail one at a time); None if it fails for another reason."""
+    rest = list(overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            return compose_config([t for _, t in rest])
+        except (HydraException, OmegaConfBaseException) as e:
+            key = _unknown_key(e)
+            if key is None:
+                return None
+            rest = [(k, t) for k, t in rest if k != key]
+    return None
+
+
+@functools.cache
+def known_keys() -> tuple[str, ...]:
+    """The top-level keys the harness reads: those of the default config (conf/config.yaml and
+    its groups scheme, act)."""
+    return tuple(map(str, compose_config([]).keys()))
+
+
+def _runs_multirun(experiment: str | None, overrides: list[tuple[str, str]]) -> bool:
+    """Whether Hydra runs this command line as a sweep without --multirun: `hydra.mode=MULTIRUN`
+    on it, or set by the chosen experiment (phase_diagram, pennington2017)."""
+    modes = [t.split("=", 1)[1] for k, t in overrides if k == "hydra.mode" and "=" in t]
+    if modes:
+        return modes[-1] == "MULTIRUN"
+    path = experiments.EXPERIMENTS_DIR / f"{experiment}.yaml"
+    return bool(experiment and path.is_file()
+                and OmegaConf.select(OmegaConf.load(path), "hydra.mode", default=None) == "MULTIRUN")
+
+
+@functools.cache
+def _experiment_keys(name: str) -> tuple[str, ...]:
+    """The top-level keys experiments/NAME.yaml defines (e.g. pennington2017's `critical`, the
+    table its interpolations read)."""
+    path = experiments.EXPERIMENTS_DIR / f"{name}.yaml"
+    return tuple(map(str, OmegaConf.load(path).keys())) if path.is_file() else ()
+
+
+def _check_keys(cfg: DictConfig, experiment: str | None) -> None:
+    """A key added with + that the harness does not read is refused (it would be ignored
+    silently); the chosen experiment's own keys are known. Under scheme. and act. the registry
+    entries refuse unknown keys."""
+    known = known_keys() + (_experiment_keys(experiment) if experiment else ())
+    unknown = [str(k) for k in cfg.keys() if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}: the harness would ignore it; "
+                          f"the keys it reads: {', '.join(known)}")
 
 
 def _check_launcher(values: Sequence[str]) -> None:
@@ -153,9 +229,59 @@ def resolved_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def path_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` cannot even be looked up (a NUL character, a name too long), else None."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a path that is not there (yet) is fine here
+    except (OSError, ValueError) as e:  # Path.exists() would say False to these
+        return f"{os.fspath(path)!r} is not a usable path ({getattr(e, 'strerror', None) or e})"
+    return None
+
+
+def out_problem(path: str | os.PathLike[str], *, folder: bool) -> str | None:
+    """Why `path` cannot be written as an output folder (`folder`) or file, else None: it
+    exists as the other kind, or its nearest existing ancestor is a file or not writable."""
+    p = Path(path)
+    why = path_problem(p)
+    if why:
+        return why
+    if not folder and p.name in ("", ".", ".."):
+        return f"{p} must name a file"
+    if p.exists():
+        if folder != p.is_dir():
+            return f"{p} exists and is {'not a folder' if folder else 'a folder; name a file'}"
+    a = p if folder else p.parent
+    while not a.exists() and a != a.parent:
+        a = a.parent
+    if not a.is_dir():
+        return f"{p} cannot be created: {a} is a file, not a folder"
+    if not os.access(a, os.W_OK):
+        return f"{p} cannot be written: {a} is not writable"
+    return None
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the harness's convention for the plain (non-Hydra) entry points: a bad
     command line is one line on stderr, `error: WHAT; usage: ...`, and exit code 2."""
+
+    def check_path(self, path: str, flag: str = "PATH") -> Path:
+        """`path` as a Path that exists; else a one-line error."""
+        why = path_problem(path)
+        if why:
+            self.error(f"{flag}: {why}")
+        if not Path(path).exists():
+            self.error(f"no such file or directory: {path}")
+        return Path(path)
+
+    def check_out(self, path: str | os.PathLike[str], *, folder: bool, flag: str = "--out") -> Path:
+        """`path` as a Path that can be written as an output folder or file; else a one-line
+        error (checked before any work, so that a bad --out costs nothing)."""
+        why = out_problem(path, folder=folder)
+        if why:
+            self.error(f"{flag}: {why}")
+        return Path(path)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         usage = " ".join(self.format_usage().split()).removeprefix("usage: ")

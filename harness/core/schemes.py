@@ -42,6 +42,7 @@ from harness.core.sampling import (
     orthogonal_,
     trunc_normal_moments,
 )
+from harness.core.validate import INT_MAX, SCALE_MAX, VARIANCE_MAX, ConfigError, check_integer, check_number
 
 Shape = tuple[int, ...] | torch.Size
 #: fills one weight (out, in, *kernel) in place from a torch.Generator
@@ -68,15 +69,16 @@ def _is_int(v: Any) -> bool:
 
 
 def _number(name: str, key: str, v: Any, *, minimum: float | None = None, strict: bool = False,
-            integer: bool = False) -> float:
-    """v if it is a (finite, or integer) number ≥ / > minimum, else ValueError naming scheme.key."""
-    ok = (_is_int(v) if integer else _is_number(v)) and (
-        minimum is None or (v > minimum if strict else v >= minimum))
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" ≥ {minimum:g}")
-        raise ValueError(f"scheme {name}: scheme.{key} must be {kind}{bound}; got {v!r}")
-    return v if integer else float(v)
+            integer: bool = False, maximum: float = SCALE_MAX) -> float:
+    """v if it is a finite number (or an integer) ≥ / > minimum and < maximum (|v| < maximum
+    without a minimum; an integer ≤ 2⁶³ − 1), else ValueError naming scheme.key
+    (`harness.core.validate`'s bounds: a variance < 2⁶⁴, a std or factor < 2³²)."""
+    try:
+        if integer:
+            return check_integer(f"scheme.{key}", v, minimum=int(minimum or 0), maximum=INT_MAX)
+        return check_number(f"scheme.{key}", v, minimum=minimum, maximum=maximum, strict=strict)
+    except ConfigError as e:
+        raise ValueError(f"scheme {name}: {e}") from None
 
 
 def exact_gain(act: activations.Activation) -> float:
@@ -318,8 +320,12 @@ class TorchGain(Scheme):
         gain, a = given.get("gain"), given.get("a")
         if gain is not None and gain != "exact" and not (_is_number(gain) and gain > 0):
             raise ValueError(f"scheme.gain must be a finite number > 0 or exact; got {gain!r}")
+        if gain is not None and gain != "exact" and gain >= SCALE_MAX:
+            raise ValueError(f"scheme.gain must be a finite number > 0 and < 2^32, or exact; got {gain!r}")
         if a is not None and not _is_number(a):
             raise ValueError(f"scheme.a must be a number; got {a!r}")
+        if a is not None:
+            check_number("scheme.a", a, maximum=SCALE_MAX)  # calculate_gain squares it
 
     def resolve(self, given: Mapping[str, Any], act: activations.Activation, name: str) -> Resolution:
         self._check_gain(given)
@@ -599,7 +605,7 @@ class VarianceScaling(Scheme):
                                                        f"{pr['mode']}, {pr['distribution']}"),
                               None, None, {})
         p = {k: (self.PARAMS[k] if v is None else v) for k, v in given.items()}
-        p["scale"] = _number(name, "scale", p["scale"], minimum=0.0, strict=True)
+        p["scale"] = _number(name, "scale", p["scale"], minimum=0.0, strict=True, maximum=VARIANCE_MAX)
         if p["distribution"] not in DISTRIBUTIONS:
             hint = (" ('normal' is ambiguous: Keras reads it as truncated_normal, JAX as "
                     "untruncated_normal)") if p["distribution"] == "normal" else ""
@@ -704,8 +710,9 @@ class MeanField(Scheme):
 
     def resolve(self, given: Mapping[str, Any], act: activations.Activation, name: str) -> Resolution:
         p = {k: (self.PARAMS[k] if v is None else v) for k, v in given.items()}
-        p["sigma_w2"] = _number(name, "sigma_w2", p["sigma_w2"], minimum=0.0, strict=True)
-        p["sigma_b2"] = _number(name, "sigma_b2", p["sigma_b2"], minimum=0.0)
+        p["sigma_w2"] = _number(name, "sigma_w2", p["sigma_w2"], minimum=0.0, strict=True,
+                                maximum=VARIANCE_MAX)
+        p["sigma_b2"] = _number(name, "sigma_b2", p["sigma_b2"], minimum=0.0, maximum=VARIANCE_MAX)
         return Resolution(math.sqrt(p["sigma_w2"]),
                           f"σ_w² = {p['sigma_w2']:g}, σ_b² = {p['sigma_b2']:g}", None, None, p)
 
@@ -740,7 +747,7 @@ class LSUV(Orthogonal):
 
     def resolve(self, given: Mapping[str, Any], act: activations.Activation, name: str) -> Resolution:
         p = {k: (self.PARAMS[k] if v is None else v) for k, v in given.items()}
-        p["tol"] = _number(name, "tol", p["tol"], minimum=0.0, strict=True)
+        p["tol"] = _number(name, "tol", p["tol"], minimum=0.0, strict=True, maximum=VARIANCE_MAX)
         p["max_iter"] = _number(name, "max_iter", p["max_iter"], minimum=1, integer=True)
         return Resolution(1.0, (f"orthogonal pre-init, then each layer rescaled until its output "
                                 f"variance is 1 ± {p['tol']:g} (≤ {p['max_iter']} iterations)"),

@@ -18,7 +18,8 @@ from harness import archs
 from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV, WS
 from harness.core import activations
 from harness.core import init as inits
-from harness.core.validate import ConfigError
+from harness.core.validate import DEPTH_MAX, INT_MAX, SCALE_MAX, ConfigError
+from harness.core.validate import check_number as _check_number
 from harness.core.validate import choice as _choice
 from harness.core.validate import integer as _int
 from harness.core.validate import is_int as _is_int
@@ -204,7 +205,7 @@ class Spec:
         cfg = dict(cfg)
 
         arch = archs.get(cfg.get("arch", "mlp"))
-        depth = _int(cfg, "depth", minimum=1)
+        depth = _int(cfg, "depth", minimum=1, maximum=DEPTH_MAX)
         width = cfg.get("width")
         widths_cfg = cfg.get("widths")
         if widths_cfg is None:
@@ -223,6 +224,8 @@ class Spec:
                 )
             if not all(_is_int(w) and w >= 1 for w in widths_cfg):
                 raise ConfigError(f"widths must be integers ≥ 1; got {list(widths_cfg)}")
+            if not all(w <= INT_MAX for w in widths_cfg):
+                raise ConfigError(f"widths must be integers ≥ 1 and < 2^63; got {list(widths_cfg)}")
             widths = tuple(int(w) for w in widths_cfg)
             width = None
 
@@ -235,6 +238,7 @@ class Spec:
         for k, v in act_params.items():
             if not _is_number(v):
                 raise ConfigError(f"act.{k} must be a number; got {v!r}")
+            _check_number(f"act.{k}", v, maximum=SCALE_MAX)  # a slope or scale: |v| < 2^32
         try:
             act = activations.get(act_name, **act_params)
         except ValueError as e:
@@ -243,7 +247,7 @@ class Spec:
         mode = _choice(cfg, "mode", inits.MODES, default="fan_in")
         scheme_name, gain, gain_source, nonlinearity, a, params = _resolve_scheme(cfg, act, mode)
 
-        bias_std = _float(cfg, "bias_std", minimum=0.0, default=0.0)
+        bias_std = _float(cfg, "bias_std", minimum=0.0, default=0.0, maximum=SCALE_MAX)
         # meanfield's σ_b² is the scheme's, so that σ_w², σ_b² go together
         bias_std = _ask(inits.scheme(scheme_name).bias_std, params, bias_std, scheme_name)
         input_var = _float(cfg, "input_var", minimum=0.0, default=1.0, strict=True)
@@ -261,7 +265,8 @@ class Spec:
         seed = _int(cfg, "seed", minimum=0, default=0)
         device = _resolve_device(cfg.get("device", "auto"))
         dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
-        budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
+        # in bytes (· 2^20) an int64
+        budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True, maximum=2.0**43)
         own = arch.config(cfg)  # the architecture's own keys, validated by its entry
         _unused_groups(cfg, arch)
         if inits.scheme(scheme_name).calibrates_on_data and LSUV not in arch.capabilities:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -283,6 +284,10 @@ def metrics_files(path: str | os.PathLike[str]) -> list[str]:
     )
 
 
+class UnreadableResultsWarning(UserWarning):
+    """`load` skipped metrics.parquet files it could not read (truncated, or not parquet)."""
+
+
 def load(path: str | os.PathLike[str]) -> pd.DataFrame:
     """All metrics under `path` as one DataFrame, with a `run_dir` column naming each run's folder.
 
@@ -290,16 +295,33 @@ def load(path: str | os.PathLike[str]) -> pd.DataFrame:
     metrics.parquet file. Only complete results are read (jobs still running, failed or killed
     have no metrics.parquet). Runs whose columns differ (e.g. conv runs with extra columns) are
     concatenated with permissive type promotion; a column a run lacks is null there.
-    Raises FileNotFoundError if `path` is missing or holds no results.
+
+    A metrics.parquet that cannot be read (truncated, overwritten, not parquet) is skipped with
+    one `UnreadableResultsWarning` naming every such file; `frame.attrs["unreadable"]` lists
+    their paths (empty if none), so `len(frame.attrs["unreadable"])` is how many were skipped.
+    Resuming the sweep recomputes those jobs. Raises FileNotFoundError if `path` is missing or
+    holds no readable results.
     """
     files = metrics_files(path)
     if not files:
         raise FileNotFoundError(f"no {METRICS} under {path}")
-    dataset = ds.dataset(files, format="parquet", partitioning=None)
-    tables = []
-    for fragment in dataset.get_fragments():
-        t = fragment.to_table(schema=fragment.physical_schema)
+    tables, unreadable = [], []
+    for f in files:
+        try:
+            fragment = next(iter(ds.dataset(f, format="parquet", partitioning=None).get_fragments()))
+            t = fragment.to_table(schema=fragment.physical_schema)
+        except (pa.ArrowException, OSError, ValueError, StopIteration):
+            unreadable.append(f)
+            continue
         run_dir = str(Path(fragment.path).parent)
         tables.append(t.append_column("run_dir", pa.array([run_dir] * t.num_rows, pa.string())))
+    if not tables:
+        raise FileNotFoundError(f"no readable {METRICS} under {path}: {len(unreadable)} unreadable "
+                                f"({', '.join(unreadable)}; will be recomputed on resume)")
+    if unreadable:
+        warnings.warn(f"skipped {len(unreadable)} unreadable {METRICS} (will be recomputed on "
+                      f"resume): {', '.join(unreadable)}", UnreadableResultsWarning, stacklevel=2)
     table = pa.concat_tables(tables, promote_options="permissive")
-    return table.to_pandas()
+    frame = table.to_pandas()
+    frame.attrs["unreadable"] = unreadable
+    return frame

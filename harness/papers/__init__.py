@@ -234,11 +234,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("path", help="the experiment's sweep folder")
     parser.add_argument("--out", default=None, help="figure path (default PATH/NAME.png)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parser.check_path(args.path)
+    out = parser.check_out(args.out if args.out else Path(args.path) / f"{args.name}.png", folder=False)
     try:
         df = load(args.path)
     except FileNotFoundError as e:
         parser.error(str(e))
-    out = Path(args.out) if args.out else Path(args.path) / f"{args.name}.png"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:

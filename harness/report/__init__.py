@@ -17,6 +17,7 @@ import base64
 import html
 import io
 import json
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from harness.cli import ArgumentParser, sweep
-from harness.outputs.results import METADATA, METRICS, atomic_write_bytes, git_commit, load, versions
+from harness.outputs.results import (
+    METADATA,
+    METRICS,
+    UnreadableResultsWarning,
+    atomic_write_bytes,
+    git_commit,
+    load,
+    versions,
+)
 from harness.report import compare
 from harness.report import figures as report_plots
 
@@ -59,6 +68,8 @@ class Report:
     sweeps: list[dict]
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: metrics.parquet files that could not be read (relative to the report's folder)
+    unreadable: list[str] = field(default_factory=list)
 
 
 # ---- layout -------------------------------------------------------------------------------------
@@ -104,8 +115,11 @@ def pages(table: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFr
 def build(path: str | Path, k: float | None = None, alpha: float = compare.ALPHA) -> Report:
     """Load the results under `path` and compute every table and figure of the report."""
     root = Path(path)
-    df = load(root)
+    with warnings.catch_warnings():  # listed in the sweep summary instead
+        warnings.simplefilter("ignore", UnreadableResultsWarning)
+        df = load(root)
     base = root if root.is_dir() else root.parent
+    unreadable = [_rel(f, base) for f in df.attrs.get("unreadable", [])]
     stats = compare.layer_stats(df)
     table = compare.runs(df)
     keys = compare.swept_keys(df)
@@ -121,6 +135,7 @@ def build(path: str | Path, k: float | None = None, alpha: float = compare.ALPHA
         commands=_relative(reproduce_commands(table["run_dir"]), base),
         jobs=sweep.collect(base),
         sweeps=_sweep_records(base),
+        unreadable=unreadable,
     )
     for q in ("forward", "backward"):
         hue, rows, cols, page_keys = variance_layout(keys)
@@ -213,6 +228,14 @@ def _relative(frame: pd.DataFrame, base: Path) -> pd.DataFrame:
 
     out["run"] = out.pop("run_dir").map(rel)
     return out
+
+
+def _rel(path: str, base: Path) -> str:
+    """`path` relative to `base` where it lies under it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path
 
 
 def _sweep_records(base: Path) -> list[dict]:
@@ -441,6 +464,9 @@ def render(rep: Report) -> str:
 
 def _summary_html(rep: Report) -> list[str]:
     out = ["<h2 id='summary'>Sweep summary</h2>"]
+    if rep.unreadable:
+        out.append(f"<p class='bad'>{len(rep.unreadable)} {METRICS} unreadable (will be recomputed "
+                   "on resume): " + ", ".join(f"<code>{_esc(f)}</code>" for f in rep.unreadable) + "</p>")
     if not rep.jobs:
         return out + [f"<p>No sweep status here: {rep.n_runs} complete run(s) loaded.</p>"]
     counts = sweep.summarize(rep.jobs)
@@ -496,22 +522,22 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--alpha", type=float, default=compare.ALPHA,
                    help=f"family-wise false-positive rate of the default test (default {compare.ALPHA:g})")
     args = p.parse_args(argv)
-    path = Path(args.path)
-    if args.k is not None and not (args.k > 0):
-        p.error(f"--k must be a number > 0; got {args.k}")
+    if args.k is not None and not (math.isfinite(args.k) and args.k > 0):
+        p.error(f"--k must be a finite number > 0; got {args.k}")
     if not (0 < args.alpha < 1):
         p.error(f"--alpha must be between 0 and 1; got {args.alpha}")
-    if not path.exists():
-        p.error(f"no such file or directory: {path}")
+    path = p.check_path(args.path)
+    base = path if path.is_dir() else path.parent
+    out = p.check_out(args.out if args.out else base / "report", folder=True)
     try:
         rep = build(path, k=args.k, alpha=args.alpha)
     except FileNotFoundError as e:
         p.error(f"{e} (expected a run or sweep directory holding {METRICS} files)")
-    base = path if path.is_dir() else path.parent
-    page = write(rep, Path(args.out) if args.out else base / "report")
+    page = write(rep, out)
     n_fail = sum(j.get("state") == "failed" for j in rep.jobs)
     print(f"report: {page} ({rep.n_runs} runs, {len(rep.figures)} figures"
-          + (f", {n_fail} failed jobs listed" if n_fail else "") + ")")
+          + (f", {n_fail} failed jobs listed" if n_fail else "")
+          + (f", {len(rep.unreadable)} unreadable {METRICS} listed" if rep.unreadable else "") + ")")
     return page
 
 
