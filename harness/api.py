@@ -128,10 +128,11 @@ class Result:
             **({"lsuv": m.info["lsuv"]} if "lsuv" in m.info else {}),
         )
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the CLI's files for this run into `directory` (created); returns it."""
+    def save(self, directory: str | Path, *, multirun: bool = False) -> Path:
+        """Write the CLI's files for this run into `directory` (created); returns it.
+        `multirun`: as a sweep's job (plot=auto then writes no figure)."""
         out = Path(directory)
-        write(self, out, command=" ".join([CLI, *self.overrides]))
+        write(self, out, command=" ".join([CLI, *self.overrides]), multirun=multirun)
         return out
 
 
@@ -157,10 +158,11 @@ class SweepResult:
         return compare.agreement(self.frame, k, alpha=alpha)
 
     def save(self, directory: str | Path) -> Path:
-        """Write each run's files into `directory`/label; returns `directory`."""
+        """Write each run's files into `directory`/label, as a --multirun sweep's jobs (plot=auto:
+        no per-run figure); returns `directory`."""
         out = Path(directory)
         for r, label in zip(self.runs, self.labels, strict=True):
-            r.save(out / label)
+            r.save(out / label, multirun=True)
         return out
 
 
@@ -190,17 +192,19 @@ def compute(cfg: DictConfig, spec: Spec | None = None, *, progress: bool = False
     return Result(spec, cfg, df, pos, m, predicted, crit, band, coverage, notes, tuple(overrides))
 
 
-def write(result: Result, out_dir: str | Path, *, command: str | None = None) -> None:
-    """Write a run's files into out_dir: config.yaml, metadata.json, variance.png (unless
-    plot=false), a conv run's positions.parquet and positions.png, jacobian.parquet (jacobian=k),
-    and last, atomically, metrics.parquet (which marks a complete run)."""
+def write(result: Result, out_dir: str | Path, *, command: str | None = None,
+          multirun: bool = False) -> None:
+    """Write a run's files into out_dir: config.yaml, metadata.json, variance.png (as the
+    `plot` key says: true, false, or auto — on unless `multirun`, a job of a sweep), a conv
+    run's positions.parquet and positions.png, jacobian.parquet (jacobian=k), and last,
+    atomically, metrics.parquet (which marks a complete run)."""
     out = Path(out_dir)
     meta = result.metadata(command)
     info = result.measurement.info
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.yaml", cli.resolved_yaml(result.config).encode())
     write_json(meta, out / METADATA)
-    if result.config.get("plot", True):
+    if cli.wants_plot(result.config.get("plot", "auto"), multirun=multirun):
         _save_png(result, "variance", out / "variance.png")
         if result.positions is not None:
             _save_png(result, "positions", out / "positions.png")

@@ -116,9 +116,25 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
                 f"unknown config key {key!r}; keys{where}: {known} (prefix + to add a new key)"
             ) from None
         raise ConfigError(_one_line(str(e))) from None
+    wants_plot(cfg.get("plot", "auto"), multirun=multirun)
     if not multirun:
         Spec.from_config(cfg)
     return cfg
+
+
+#: the values of the `plot` key
+PLOT_VALUES = ("auto", "true", "false")
+
+
+def wants_plot(value: object, *, multirun: bool) -> bool:
+    """Whether a run writes its figures: plot=true always, false never, auto (the default) for
+    a single run but not for a job of a --multirun sweep (`harness.report` draws the sweep).
+    ConfigError for any other value."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return not multirun
+    raise ConfigError(f"plot={value!r}; allowed: {', '.join(PLOT_VALUES)}")
 
 
 def _check_launcher(values: Sequence[str]) -> None:
