@@ -29,19 +29,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from harness import cli
 from harness.archs.base import POSITIONS as POSITION_MAPS  # the capability
 from harness.core.spec import ConfigError, Spec
-from harness.outputs import plots, summary
+from harness.outputs import summary
 from harness.outputs.results import (
     JACOBIAN,
     METADATA,
@@ -55,11 +54,13 @@ from harness.outputs.results import (
     write_json,
     write_parquet,
 )
-from harness.report import compare
 from harness.sim import jacobian, lsuv
 from harness.sim.runner import Measurement, measure
 from harness.theory import criticality, finite_width
 from harness.theory.meanfield import predict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: the command a saved in-process run names as the one that reproduces it
 CLI = "python -m harness.run"
@@ -102,6 +103,10 @@ class Result:
             return self._figure(kind)
 
     def _figure(self, kind: str) -> Figure:
+        # matplotlib (~1 s to import) only where a figure is drawn: a plot=false run or a
+        # sweep's job never imports it
+        from harness.outputs import plots
+
         if kind == "variance":
             b = self.band
             bands = {"forward": (b.lower, b.upper)} if b.lower is not None else None
@@ -152,10 +157,12 @@ class SweepResult:
                                                                              strict=True)],
                          ignore_index=True)
 
-    def table(self, k: float | None = None, alpha: float = compare.ALPHA) -> pd.DataFrame:
+    def table(self, k: float | None = None, alpha: float | None = None) -> pd.DataFrame:
         """The report's agreement table (`harness.report.compare.agreement`): one row per run,
         disagreements first; k standard errors (default: Bonferroni's at family-wise rate α)."""
-        return compare.agreement(self.frame, k, alpha=alpha)
+        from harness.report import compare  # the report package draws with matplotlib
+
+        return compare.agreement(self.frame, k, alpha=compare.ALPHA if alpha is None else alpha)
 
     def save(self, directory: str | Path) -> Path:
         """Write each run's files into `directory`/label, as a --multirun sweep's jobs (plot=auto:
@@ -216,6 +223,8 @@ def write(result: Result, out_dir: str | Path, *, command: str | None = None,
 
 
 def _save_png(result: Result, kind: str, path: Path) -> None:
+    from harness.outputs import plots  # matplotlib only where a figure is drawn (Result._figure)
+
     with warnings.catch_warnings():  # log axes spanning an overflow warn; the plot is fine
         warnings.simplefilter("ignore", RuntimeWarning)
         fig = result._figure(kind)
