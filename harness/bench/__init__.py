@@ -66,6 +66,7 @@ from harness.cli import ArgumentParser, compose_config
 from harness.core.init import init_
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import ConfigError, Spec
+from harness.outputs import plots
 from harness.outputs.results import write_parquet
 from harness.sim import reference, workspace
 from harness.sim.runner import measure
@@ -412,7 +413,7 @@ def whole_run(overrides: list[str], repeat: int = 3, naive: bool = True) -> dict
             fig = result.plot()
             fig.savefig(io.BytesIO(), format="png", dpi=120)
             t_figure = time.perf_counter() - t
-            api.plots.plt.close(fig)
+            plots.plt.close(fig)
             t_naive = math.nan
             if naive:
                 t = time.perf_counter()
