@@ -80,7 +80,8 @@ def _widths(spec: Spec) -> str:
     return str(spec.width) if spec.width is not None else "[" + ",".join(map(str, spec.widths)) + "]"
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+# an absolute config path: found whichever module called main() (python -m, the API, a test)
+@hydra.main(version_base="1.3", config_path=str(cli.CONF_DIR), config_name="config")
 def _task(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     command = " ".join(["python -m harness.run",
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else argv
     cli.precheck(args)
-    sys.argv = [sys.argv[0], *args]
+    sweep.last_summary = None  # a sweep run earlier in this process must not decide this exit code
+    saved_argv, sys.argv = sys.argv, [sys.argv[0], *args]  # Hydra reads sys.argv
     try:
         _task()
     except SystemExit:  # a launcher aborted the sweep (e.g. a worker was killed): say what was done
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sweep.finish(stopped="interrupted")
         raise SystemExit(130) from None
+    finally:
+        sys.argv = saved_argv
     result = sweep.last_summary
     if result is not None and (result["failed"] or result["running"]):
         raise SystemExit(1)

@@ -1,16 +1,24 @@
-"""Shared fixtures: a small composed config and a subprocess runner for the CLI."""
+"""Shared fixtures: a small composed config and an in-process runner for the command-line entry
+points."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import logging
 import os
-import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
-from harness.cli import compose_config, precheck
+from harness.cli import compose_config, precheck, sweep
 from harness.core.spec import Spec
+from harness.outputs.plots import plt  # the Agg backend, as MPLBACKEND=Agg gave the subprocesses
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,16 +28,85 @@ def small_spec(*overrides: str) -> Spec:
     return Spec.from_config(compose_config(list(overrides)))
 
 
+@dataclass(frozen=True)
+class CliResult:
+    """What a command-line call left behind: the fields of subprocess.CompletedProcess the tests use."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def restored_process_state():
+    """Undo what one in-process CLI call changes in this process: sys.argv, the working directory,
+    environment variables, torch's thread count, the root logger's handlers and level (Hydra's job
+    logging adds a console handler and a FileHandler on the run's log file), open matplotlib
+    figures, and the sweep module's record of the last and current sweep (harness.run.main reads
+    `sweep.last_summary` for its exit code, so a failed sweep must not leak into the next call)."""
+    argv, cwd, env = sys.argv, os.getcwd(), dict(os.environ)
+    threads = torch.get_num_threads()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    figures = set(plt.get_fignums())
+    summary, current = sweep.last_summary, sweep.current
+    sweep.last_summary = sweep.current = None
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        if os.environ != env:
+            os.environ.clear()
+            os.environ.update(env)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for n in set(plt.get_fignums()) - figures:
+            plt.close(n)
+        sweep.last_summary, sweep.current = summary, current
+
+
+def run_module(module: str, *args: str, cwd: Path) -> CliResult:
+    """`python -m MODULE args...` in `cwd`, in this process: MODULE's `main(argv)` with stdout and
+    stderr captured, the exit code taken from SystemExit as the interpreter would (None -> 0, a
+    message -> 1 and the message on stderr), an uncaught exception's traceback on stderr with
+    exit code 1; the process state it touched is restored afterwards.
+
+    The interpreter's start-up itself is covered by tests that keep a real subprocess (see
+    test_sweep.py) and by test_cli.py's check that each `python -m` entry reaches its main.
+    """
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    with restored_process_state(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.chdir(cwd)
+        sys.argv = [str(Path(sys.modules[module].__file__)), *args]
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except Exception:  # noqa: BLE001 - as the interpreter would: traceback on stderr, exit 1
+            traceback.print_exc()
+            code = 1
+    return CliResult([module, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def run_cli(tmp_path):
-    """Run `python -m harness.<module> args...` in a fresh working directory."""
+    """Run `python -m harness.<module> args...` (in-process) in a fresh working directory."""
 
-    def _run(*args: str, module: str = "harness.run", cwd: Path | None = None):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=300,
-        )
+    def _run(*args: str, module: str = "harness.run", cwd: Path | None = None) -> CliResult:
+        return run_module(module, *args, cwd=cwd or tmp_path)
 
     return _run
 

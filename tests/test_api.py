@@ -132,7 +132,7 @@ def test_sweep_frame_runs_and_agreement_table(tmp_path):
     assert sorted(frame["run_dir"].unique()) == s.labels
     assert len(frame) == sum(len(r.frame) for r in s.runs)
     table = s.table()
-    assert len(table) == 4 and {"act", "depth", "agree"} <= set(table)
+    assert len(table) == 4 and {"act", "depth", "class"} <= set(table)
     # saved, the sweep is a folder harness.load and the report read to the same table
     s.save(tmp_path)
     loaded = load(tmp_path)

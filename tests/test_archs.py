@@ -72,7 +72,8 @@ BASE = ["arch=toy", "depth=3", "width=4", "batch=3", "replicates=2", "device=cpu
 
 
 def test_unknown_arch_lists_the_registry(toy):
-    with pytest.raises(ConfigError, match=r"^unknown arch 'resnet'; allowed: mlp, conv, toy$"):
+    allowed = "mlp, conv, resmlp, resconv, toy"
+    with pytest.raises(ConfigError, match=rf"^unknown arch 'resnet'; allowed: {allowed}$"):
         archs.get("resnet")
 
 
@@ -80,8 +81,8 @@ def test_unknown_arch_lists_the_registry(toy):
     (["jacobian=1"], "jacobian is implemented for arch=mlp only; for arch=toy leave it at 0 "
                      "(got jacobian=1)"),
     (["scheme=lsuv"], "scheme lsuv calibrates MLPs only; for arch=toy choose another scheme"),
-    (["input_corr=0.5"], "input_corr is implemented for arch=mlp only; for arch=toy leave it at 0 "
-                         "(got 0.5)"),
+    (["input_corr=0.5"], "input_corr is implemented for arch=mlp, arch=resmlp only; for arch=toy "
+                         "leave it at 0 (got 0.5)"),
 ])
 def test_unsupported_requests_are_one_line_errors(toy, overrides, message, capsys):
     expect_one_line_error([*BASE, *overrides], message, capsys)

@@ -91,7 +91,7 @@ def test_bench_quick_end_to_end(run_cli, tmp_path):
     res = run_cli("--quick", "--repeat", "1", "--out", str(tmp_path / "b"), module="harness.bench")
     assert res.returncode == 0, res.stderr
     df = pd.read_parquet(tmp_path / "b" / "bench.parquet")
-    assert len(df) == len(QUICK_GRID) and set(df["arch"]) == {"mlp", "conv"}
+    assert len(df) == len(QUICK_GRID) and set(df["arch"]) == {row[0] for row in QUICK_GRID}
     assert (df["speedup"] > 0).all() and (df["roofline_frac"] > 0).all()
     assert (tmp_path / "b" / "bench.png").is_file()
     assert "speedup" in res.stdout
@@ -107,7 +107,10 @@ def test_startup_times_fresh_interpreters_against_the_first():
     error, not a time."""
     st = startup(1, [("pass", ["-c", "pass"]), ("sleep", ["-c", "import time; time.sleep(0.3)"])])
     assert list(st["command"]) == ["pass", "sleep"]
-    assert st["gap_s"].iloc[0] == 0 and st["gap_s"].iloc[1] >= 0.3
+    # a process that sleeps 0.3 s takes at least that; the gaps are over the first command's
+    # time (the two start-ups' noise under load can exceed 0.3 s, so no bound on the gap itself)
+    assert st["wall_s"].iloc[1] >= 0.3
+    assert list(st["gap_s"]) == list(st["wall_s"] - st["wall_s"].iloc[0])
     with pytest.raises(RuntimeError, match="failed"):
         startup(1, [("bad", ["-c", "raise SystemExit(3)"])])
 

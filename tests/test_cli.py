@@ -1,17 +1,24 @@
-"""End to end: `python -m harness.run` in a temp dir, its outputs, and every bad input."""
+"""End to end: `python -m harness.run` in a temp dir (in-process, tests/conftest.py), its outputs, and
+every bad input; each `python -m` entry reaches its main."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import runpy
+import sys
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from harness import load
-from harness.cli import compose_config, precheck
+from harness.cli import compose_config, precheck, sweep
 from harness.run import execute
-from tests.conftest import expect_one_line_error
+from tests.conftest import expect_one_line_error, restored_process_state, run_module
 
 SMALL = ["depth=5", "width=16", "batch=8", "replicates=3"]
 CONFIG_COLUMNS = ["arch", "scheme", "mode", "act", "depth", "width", "batch", "replicates",
@@ -190,3 +197,47 @@ def test_bad_conv_input_through_the_cli_writes_nothing(run_cli, tmp_path):
     assert res.stderr.startswith("error: kernel must be odd") and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "results").exists()
+
+
+# ---- `python -m` entry points ------------------------------------------------------------------
+
+ENTRY_POINTS = [("harness.run", "run is powered by Hydra"),
+                *((f"harness.{m}", f"usage: python -m harness.{m}")
+                  for m in ("report", "papers", "gains", "phase", "bench"))]
+
+
+@pytest.mark.parametrize(("module", "help_text"), ENTRY_POINTS)
+def test_python_dash_m_reaches_the_modules_main(module, help_text, tmp_path, capsys):
+    """`python -m MODULE --help` as the interpreter runs it (runpy, as __main__), in this process:
+    the other CLI tests call each module's main(argv) directly, so this checks the step from
+    `python -m` to main reading sys.argv."""
+    with restored_process_state(), warnings.catch_warnings():
+        # runpy warns that a plain module (harness.run, gains, phase) is already imported: it
+        # runs a fresh copy as __main__, as `python -m` does
+        warnings.filterwarnings("ignore", "'harness[.].*' found in sys.modules", RuntimeWarning)
+        os.chdir(tmp_path)
+        sys.argv = [module, "--help"]
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and help_text in out, out
+    assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
+def test_in_process_runs_leave_no_state_behind(tmp_path):
+    """The in-process runner (tests/conftest.py) restores what a run changes in this process, so
+    the CLI tests cannot leak into each other: a failed sweep's summary must not turn the next
+    single run's exit code into 1, and Hydra's log handlers (one holds the run's log file open)
+    must not pile up on the root logger."""
+    root = logging.getLogger()
+    before = (sys.argv, os.getcwd(), dict(os.environ), root.handlers[:], root.level,
+              torch.get_num_threads(), sweep.last_summary, sweep.current)
+    res = run_module("harness.run", "--multirun", "depth=0,2", "width=4", "batch=2", "replicates=2",
+                     "plot=false", "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert res.returncode == 1 and "sweep: 2 jobs: 1 done, 0 skipped, 1 failed" in res.stdout
+    after = (sys.argv, os.getcwd(), dict(os.environ), root.handlers[:], root.level,
+             torch.get_num_threads(), sweep.last_summary, sweep.current)
+    assert after == before
+    res = run_module("harness.run", "depth=2", "width=4", "batch=2", "replicates=2", "plot=false",
+                     "progress=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr

@@ -109,9 +109,6 @@ PRODUCERS = {d: c for c in COMMANDS if (d := sweep_dir(c))}
 def call_main(module: str, args: list[str], monkeypatch) -> int:
     """Run `python -m module args…` in-process; its exit code (0 when main returns)."""
     monkeypatch.setattr(sys, "argv", [module, *args])
-    # Hydra finds harness/conf beside the task function's file when the caller is __main__ (as
-    # under `python -m harness.run`); in-process it would look for an importable harness.conf.
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
     main = importlib.import_module(module).main  # the module, even where harness.run is also a function
     try:
         main(args)

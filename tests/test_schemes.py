@@ -65,8 +65,9 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def test_every_scheme_is_covered():
-    # torch's own in test_init.py, the new ones here, delta_orthogonal in test_conv.py
-    assert set(TORCH_FAMILY_NAMES) | NEW | {"delta_orthogonal"} == set(hinit.NAMES)
+    # torch's own in test_init.py, the new ones here, delta_orthogonal in test_conv.py, fixup
+    # (residual branches only) in test_resmlp.py
+    assert set(TORCH_FAMILY_NAMES) | NEW | {"delta_orthogonal", "fixup"} == set(hinit.NAMES)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from harness.cli import compose_config, launchers, precheck
 from harness.cli.launchers import plugin_installed
 from harness.outputs.results import FAULT_ENV, METRICS
 from harness.run import execute
+from tests.conftest import CliResult, run_module
 
 SMALL = ["width=8", "batch=4", "replicates=2", "plot=false", "progress=false"]
 KEY_COLUMNS = ["run_dir", "replicate", "layer", "quantity"]
@@ -32,8 +33,16 @@ needs_submitit = needs("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-
 needs_ray = needs("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher", "ray")
 
 
-def harness_run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m harness.run args...` in `cwd`, with extra environment variables `env`."""
+def harness_run(*args: str, cwd: Path) -> CliResult:
+    """`python -m harness.run args...` in `cwd`, run in this process (tests/conftest.py)."""
+    return run_module("harness.run", *args, cwd=cwd)
+
+
+def harness_subprocess(*args: str, cwd: Path,
+                       env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m harness.run args...` in a new interpreter in `cwd`, with extra environment
+    variables `env`: only where the process itself is under test (it is killed, or its launcher
+    starts and watches worker processes of its own)."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.run", *args], cwd=cwd, env=full,
                           capture_output=True, text=True, timeout=300)
@@ -54,7 +63,7 @@ def files(root: Path) -> dict[Path, bytes]:
 
 
 @pytest.fixture(scope="module")
-def basic_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def basic_sweep(tmp_path_factory) -> tuple[Path, CliResult]:
     """depth=2,3 × act=relu,tanh with Hydra's basic launcher."""
     root = tmp_path_factory.mktemp("basic")
     # plot left at its default (auto): a sweep's jobs write no figure
@@ -132,8 +141,9 @@ def test_a_failing_grid_point_is_recorded_and_the_others_finish(tmp_path):
 def test_a_job_killed_mid_write_leaves_nothing_complete_and_the_rerun_completes(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["--multirun", "depth=2,3,4", *SMALL, f"hydra.sweep.dir={sweep_dir}"]
-    # SIGKILL the whole sweep at job #1's metrics.parquet write: temp file written, not renamed
-    res = harness_run(*args, cwd=tmp_path, env={FAULT_ENV: f"{METRICS}:2"})
+    # SIGKILL the whole sweep at job #1's metrics.parquet write: temp file written, not renamed.
+    # A subprocess: the process is killed, and `python -m harness.run` starts up for real here
+    res = harness_subprocess(*args, cwd=tmp_path, env={FAULT_ENV: f"{METRICS}:2"})
     assert res.returncode == -9, (res.returncode, res.stderr)
     first, killed, never = (sweep_dir / job_name(depth=d) for d in (2, 3, 4))
     assert (first / METRICS).is_file() and status(first)["state"] == "done"
@@ -158,7 +168,9 @@ def test_a_job_killed_mid_write_leaves_nothing_complete_and_the_rerun_completes(
 @needs_joblib
 def test_launcher_local_runs_jobs_in_parallel_with_threads_split(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    res = harness_run("--multirun", "launcher=local", "depth=2,3", *SMALL,
+    # a subprocess: joblib's loky workers outlive the call (its reusable executor keeps them, ~370 MB
+    # each, for minutes), so they go with the interpreter that started them
+    res = harness_subprocess("--multirun", "launcher=local", "depth=2,3", *SMALL,
                       "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "sweep: 2 jobs: 2 done, 0 skipped, 0 failed" in res.stdout
@@ -174,7 +186,8 @@ def test_launcher_local_runs_jobs_in_parallel_with_threads_split(tmp_path):
 @needs_submitit
 def test_submitit_local_runs_the_cluster_path(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    res = harness_run("--multirun", "launcher=submitit_local", "depth=2", *SMALL,
+    # a subprocess: submitit's local executor starts, watches and pickles to worker processes
+    res = harness_subprocess("--multirun", "launcher=submitit_local", "depth=2", *SMALL,
                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "sweep: 1 jobs: 1 done, 0 skipped, 0 failed" in res.stdout
@@ -188,7 +201,8 @@ def test_submitit_local_runs_the_cluster_path(tmp_path):
 @needs_ray
 def test_launcher_ray_runs_the_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    res = harness_run("--multirun", "launcher=ray", "depth=2,3", *SMALL,
+    # a subprocess: Ray starts a local cluster whose workers outlive the call
+    res = harness_subprocess("--multirun", "launcher=ray", "depth=2,3", *SMALL,
                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "sweep: 2 jobs: 2 done, 0 skipped, 0 failed" in res.stdout

@@ -46,16 +46,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.archs import conv, mlp
+from harness.archs import conv, mlp, resconv, resmlp
 from harness.archs.base import CAPABILITIES, Architecture
 from harness.core.validate import ConfigError
 
 #: arch name -> entry, in the order the CLI lists them
-REGISTRY: dict[str, Architecture] = {a.name: a for a in (mlp.ARCH, conv.ARCH)}
+REGISTRY: dict[str, Architecture] = {a.name: a for a in (mlp.ARCH, conv.ARCH, resmlp.ARCH, resconv.ARCH)}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 __all__ = ["CAPABILITIES", "NAMES", "REGISTRY", "Architecture", "all_quantities", "column_dtypes",
-           "get", "labels", "names", "why_not"]
+           "get", "groups", "labels", "names", "why_not"]
 
 
 def get(name: Any) -> Architecture:
@@ -98,3 +98,12 @@ def column_dtypes() -> dict[str, str]:
 def all_quantities() -> tuple[str, ...]:
     """Every quantity some architecture measures, in report order (registry order, first seen)."""
     return tuple(dict.fromkeys(q for a in REGISTRY.values() for q in a.all_quantities))
+
+
+def groups() -> dict[str, tuple[str, ...]]:
+    """Config group some architecture reads (e.g. "residual") -> the architectures that read it."""
+    out: dict[str, tuple[str, ...]] = {}
+    for a in REGISTRY.values():
+        for g in a.groups:
+            out[g] = (*out.get(g, ()), a.name)
+    return out

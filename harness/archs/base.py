@@ -46,7 +46,9 @@ CRITICALITY = "criticality"
 FINITE_WIDTH_BAND = "finite_width_band"
 #: position-resolved statistics and theory: positions.parquet (`position_maps`)
 POSITIONS = "positions"
-CAPABILITIES = (JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND, POSITIONS)
+#: ws=true: scaled weight standardization, with its theory (a request)
+WS = "ws"
+CAPABILITIES = (JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND, POSITIONS, WS)
 
 
 class Architecture(ABC):
@@ -69,6 +71,9 @@ class Architecture(ABC):
     #: so that its pooled moment is mean_b[mean_i δ_bi² · mean_j x_bj²] (the naive baseline of
     #: `harness.bench` then needs one backward pass; else one per example)
     weight_grad_is_outer_product: bool = True
+    #: the config groups whose keys it reads (e.g. "residual": residual.alpha, …); a key of a
+    #: group no architecture of the run reads is rejected when set (not None)
+    groups: tuple[str, ...] = ()
 
     # ---- configuration ------------------------------------------------------------------
     @abstractmethod
@@ -78,6 +83,11 @@ class Architecture(ABC):
     def limits(self, spec: Spec, capability: str) -> str:
         """Why a capability it supports does not apply to this run ("" if it does)."""
         return ""
+
+    def row_columns(self, spec: Spec, quantity: str, n: int) -> dict[str, np.ndarray]:
+        """Extra columns of a quantity's n per-layer rows in metrics.parquet (e.g. resmlp's
+        weight_grad `branch_layer`), name -> (n,) array; none by default."""
+        return {}
 
     def describe(self, spec: Spec) -> str:
         """What the console's first line adds after the widths (e.g. kernel and image)."""
@@ -101,6 +111,16 @@ class Architecture(ABC):
         layout (the init schemes read fan_in = n_{l-1}·∏kernel_shape from it)."""
         k = self.kernel_shape(spec)
         return [(spec.widths[l + 1], spec.widths[l], *k) for l in range(spec.depth)]
+
+    def branch_depth(self, spec: Spec) -> int | None:
+        """Weight layers per residual branch (None: not a residual architecture), which schemes
+        that act on branches ask for (`harness.core.schemes.Scheme.check_branches`)."""
+        return None
+
+    def layer_scales(self, spec: Spec) -> list[float] | None:
+        """A factor per weight layer on the scheme's draw (and so its variance squared), from the
+        layer's role (e.g. scheme=fixup's branch scaling); None: every factor 1."""
+        return None
 
     @abstractmethod
     def quantities(self, spec: Spec) -> tuple[str, ...]:
@@ -173,3 +193,11 @@ class Architecture(ABC):
     ) -> nn.Module:
         """One layer of a member as the plain torch module (its .weight of shape
         weight_shapes[l], .bias (n_out,) or None), for `harness.sim.reference`."""
+
+    def block(
+        self, spec: Spec, l: int, *, bias: bool, device: str | torch.device, dtype: torch.dtype
+    ) -> nn.Module | None:
+        """Block l (0-based) of a residual member as one nn.Module whose `.layers` are its
+        weighted layers in order (weight layers l·m … l·m+m-1); None: the member is the plain
+        chain layer, φ, layer, … (`harness.sim.reference.member`)."""
+        return None

@@ -36,6 +36,7 @@ from harness.archs.base import (
     INPUT_CORR,
     JACOBIAN,
     LSUV,
+    WS,
     Architecture,
     Tick,
 )
@@ -170,7 +171,7 @@ class MLP(Architecture):
 
     name = "mlp"
     label = "MLPs"
-    capabilities = frozenset({JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND})
+    capabilities = frozenset({JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND, WS})
     keys: Mapping[str, str] = {}
     all_quantities = (*QUANTITIES, *jacobian.QUANTITIES)
     weight_grad_is_outer_product = True

@@ -81,8 +81,12 @@ DEFAULT_GRID = [
     ("mlp", 20, 1024, 256, 8),
     ("conv", 20, 16, 32, 16),
     ("conv", 20, 64, 32, 8),
+    ("resmlp", 20, 256, 128, 16),
+    ("resmlp", 50, 256, 256, 8),
+    ("resconv", 10, 16, 32, 8),
 ]
-QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2)]
+QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2),
+              ("resmlp", 5, 32, 16, 4), ("resconv", 2, 4, 4, 2)]
 #: the whole-run configuration (R=64 networks, depth 50, width 64, batch 64, kaiming + relu) and
 #: a small one for --quick
 WHOLE_RUN = ["depth=50", "width=64", "batch=64", "replicates=64", "act=relu", "scheme=kaiming"]
@@ -97,7 +101,7 @@ STARTUP = [
     ("trivial run, plot=false", [*TRIVIAL_RUN, "plot=false"]),
 ]
 #: the grid's keys of its own per architecture
-ARCH_KEYS = {"conv": ["kernel=3", "image=16"]}
+ARCH_KEYS = {"conv": ["kernel=3", "image=16"], "resconv": ["kernel=3", "image=16"]}
 
 
 # ---- the naive baseline -----------------------------------------------------------------------
@@ -128,8 +132,58 @@ def naive_networks(spec: Spec, generator: torch.Generator) -> list[nn.Sequential
     return nets
 
 
+def _naive_residual(net: nn.Sequential, spec: Spec, x0: torch.Tensor,
+                    cot: torch.Tensor) -> dict[str, list]:
+    """Hooks on one residual network (blocks with `.layers`): per block mean (x^l)², mean f_l²,
+    mean (δ^l)²; per weight layer mean_b[mean_i (∂loss/∂h)² · mean_j (input)²] (outer product)."""
+    blocks = list(net)
+    linears = reference.layers(net)
+    rec: dict[str, list] = {k: [0.0] * len(blocks) for k in ("forward", "branch", "backward")}
+    rec["weight_grad"] = [0.0] * len(linears)
+    x_sq: dict[int, torch.Tensor] = {}
+    d_sq: dict[int, torch.Tensor] = {}
+
+    def block_hook(l: int):
+        def fwd(module, inputs, x):
+            rec["forward"][l] = x.detach().square().mean().item()
+            x.register_hook(lambda g: rec["backward"].__setitem__(l, g.square().mean().item()))
+        return fwd
+
+    def layer_hook(k: int, last: int | None):
+        def fwd(module, inputs, h):
+            x_sq[k] = inputs[0].detach().square().mean(-1)
+            if last is not None:
+                rec["branch"][last] = h.detach().square().mean().item()
+            h.register_hook(lambda g: d_sq.__setitem__(k, g.square().mean(-1)))
+        return fwd
+
+    handles = [b.register_forward_hook(block_hook(l)) for l, b in enumerate(blocks)]
+    k = 0
+    for l, b in enumerate(blocks):
+        for j, lin in enumerate(b.layers):
+            handles.append(lin.register_forward_hook(layer_hook(k, l if j == len(b.layers) - 1 else None)))
+            k += 1
+    (net(x0) * cot).sum().backward()
+    for h in handles:
+        h.remove()
+    if spec.architecture.weight_grad_is_outer_product:
+        rec["weight_grad"] = [(d_sq[k] * x_sq[k]).mean().item() for k in range(len(linears))]
+        return rec
+    # convs: the per-example gradient sums over positions, one backward pass per example
+    wg = np.zeros(len(linears))
+    for b in range(x0.shape[0]):
+        net.zero_grad()
+        (net(x0[b : b + 1]) * cot[b : b + 1]).sum().backward()
+        wg += [lin.weight.grad.square().mean().item() for lin in linears]
+    rec["weight_grad"] = (wg / x0.shape[0]).tolist()
+    return rec
+
+
 def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tensor) -> dict[str, list]:
-    """Hooks on one network: per layer mean h², mean φ(h)², mean δ², weight-gradient moment."""
+    """Hooks on one network: per layer mean h², mean φ(h)², mean δ², weight-gradient moment
+    (residual blocks: `_naive_residual`)."""
+    if any(isinstance(getattr(m, "layers", None), nn.ModuleList) for m in net):
+        return _naive_residual(net, spec, x0, cot)
     L = spec.depth
     outer = spec.architecture.weight_grad_is_outer_product
     rec: dict[str, list] = {k: [0.0] * L for k in ("forward", "activation", "backward", "weight_grad")}

@@ -203,6 +203,15 @@ class Scheme:
         """The biases' std given the resolved own `params` and the config's bias_std."""
         return bias_std
 
+    def branch_scale(self, j: int, m: int, depth: int) -> float:
+        """The factor on the standard deviation of weight layer j = 1..m of a residual branch of
+        m layers, in a stack of `depth` blocks: 1 (the scheme draws every layer alike)."""
+        return 1.0
+
+    def check_branches(self, m: int | None) -> None:
+        """ValueError (one line) if the scheme needs residual branches the architecture does not
+        have; m = the layers per branch, None: the architecture has no residual branches."""
+
     def check_widths(self, widths: tuple[int, ...]) -> None:
         """Reject layer widths n_0..n_L (channels for conv) the scheme cannot draw."""
 
@@ -423,6 +432,34 @@ class Kaiming(TorchGain):
             return lambda w, g: fn(w, a=slope, mode=mode, nonlinearity=nl, generator=g)
         # an explicit gain: kaiming has none in torch; linear nonlinearity + scale
         return lambda w, g: fn(w, mode=mode, nonlinearity="linear", generator=g).mul_(gain)
+
+
+@dataclass(frozen=True)
+class Fixup(Kaiming):
+    """Fixup (Zhang, Dauphin & Ma 2019, "Fixup initialization: residual learning without
+    normalization"): in a stack of L residual blocks with m ≥ 2 weight layers per branch, each
+    branch's last layer is 0 and its other layers are kaiming-initialized and scaled by
+    L^(−1/(2m−2)):
+
+        Var(W) = g²/fan_mode · L^(−1/(m−1)) for branch layers j < m,  Var(W) = 0 for j = m;
+
+    `variance` is kaiming's (normal); the branch factor is `branch_scale`, which the residual
+    architecture applies to the draw and to the theory alike.
+    """
+
+    family: ClassVar[str] = "fixup"
+
+    def branch_scale(self, j: int, m: int, depth: int) -> float:
+        """0 for the branch's last layer (j = m), L^(−1/(2m−2)) for the others."""
+        return 0.0 if j == m else float(depth) ** (-1.0 / (2 * m - 2))
+
+    def check_branches(self, m: int | None) -> None:
+        """Fixup needs residual branches of m ≥ 2 layers."""
+        if m is None or m < 2:
+            got = "no residual branches" if m is None else f"residual.branch_depth={m}"
+            raise ValueError(f"scheme fixup zeroes each residual branch's last layer and scales the "
+                             f"others by L^(-1/(2m-2)): it needs residual blocks with "
+                             f"residual.branch_depth ≥ 2; got {got}")
 
 
 @dataclass(frozen=True)
@@ -753,6 +790,9 @@ SCHEMES: dict[str, Scheme] = {
                     "trunc_normal_"),
         MeanField("meanfield", "normal", "Var(W) = σ_w²/fan_in, N(0, Var); b ~ N(0, σ_b²). "
                   "Poole et al. 2016, Schoenholz et al. 2017."),
+        Fixup("fixup", "normal", "Var(W) = g²/fan_mode · L^(−1/(m−1)) inside a residual branch, "
+              "0 for its last layer. Zhang, Dauphin & Ma 2019, \"Fixup initialization\".",
+              "kaiming_normal_"),
         LSUV("lsuv", "orthogonal", "Var(W) data-dependent: orthogonal, then per-layer output "
              'variance 1 on a batch. Mishkin & Matas 2016, "All you need is a good init".'),
     ]

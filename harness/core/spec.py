@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from harness import archs
-from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV
+from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV, WS
 from harness.core import activations
 from harness.core import init as inits
 from harness.core.validate import ConfigError
@@ -68,6 +68,11 @@ class Spec:
     image: int | None = None
     padding_mode: str | None = None
     conv_dim: int | None = None
+    #: arch=resmlp's residual.* keys (harness.archs.resmlp), None for the other architectures
+    residual_branch_depth: int | None = None
+    residual_alpha: float | None = None
+    residual_depth_scaling: str | None = None
+    residual_nf: bool | None = None
     #: the scheme's own resolved parameters beyond gain/nonlinearity/a (e.g. variance_scaling's
     #: scale and distribution, meanfield's sigma_w2 and sigma_b2), as (key, value) pairs
     scheme_params: tuple[tuple[str, Any], ...] = ()
@@ -75,6 +80,8 @@ class Spec:
     input_corr: float = 0.0
     #: inputs per replicate at which the exact input-output Jacobian is formed (0: not measured)
     jacobian: int = 0
+    #: scaled weight standardization: per output unit W ← g (W − mean)/(std·√fan_in)
+    ws: bool = False
 
     # ---- derived views ------------------------------------------------------------------
     @property
@@ -114,12 +121,23 @@ class Spec:
         return self.architecture.weight_shapes(self)
 
     def weight_variances(self) -> list[float]:
-        """Var(W^l) per layer, from the one function the sampler uses too."""
-        return [
-            inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain,
-                                  **dict(self.scheme_params))
-            for s in self.weight_shapes
-        ]
+        """Var(W^l) per layer, from the one function the sampler uses too (times the square of
+        the architecture's layer scale, e.g. scheme=fixup's branch factor)."""
+        if self.ws:  # standardized rows: Σ_j W_ij² = g² exactly, Var(W) = g²/fan_in
+            g = 1.0 if self.gain is None else self.gain
+            var = [g * g / inits.fans(s)[0] for s in self.weight_shapes]
+        else:
+            var = [
+                inits.weight_variance(self.scheme, s, mode=self.mode, gain=self.gain,
+                                      **dict(self.scheme_params))
+                for s in self.weight_shapes
+            ]
+        scales = self.layer_scales()
+        return var if scales is None else [v * s * s for v, s in zip(var, scales, strict=True)]
+
+    def layer_scales(self) -> list[float] | None:
+        """The architecture's factor per weight layer on the scheme's draw (None: all 1)."""
+        return self.architecture.layer_scales(self)
 
     def tap_variances(self) -> list[np.ndarray]:
         """E[W^l[:, :, t]²] per kernel tap t (shape kernel_shape), per layer."""
@@ -158,6 +176,7 @@ class Spec:
                                       for k, v in self.scheme_params),
             "input_corr": self.input_corr,
             "jacobian": self.jacobian,
+            "ws": self.ws,
             "dtype": self.dtype,
             "device": self.device,
             # every architecture's own keys (None where they do not apply): one set of columns
@@ -231,6 +250,12 @@ class Spec:
         input_corr = cfg.get("input_corr", 0.0)
         if not (_is_number(input_corr) and 0.0 <= input_corr <= 1.0):
             raise ConfigError(f"input_corr must be a number in [0, 1]; got {input_corr!r}")
+        ws = cfg.get("ws", False)
+        if not isinstance(ws, bool):
+            raise ConfigError(f"ws must be true or false (scaled weight standardization); got {ws!r}")
+        if ws and WS not in arch.capabilities:
+            raise ConfigError(f"ws is implemented for {archs.names(WS)} only; for arch={arch.name} "
+                              f"leave it false")
         batch = _int(cfg, "batch", minimum=1)
         replicates = _int(cfg, "replicates", minimum=1)
         seed = _int(cfg, "seed", minimum=0, default=0)
@@ -238,6 +263,7 @@ class Spec:
         dtype = _choice(cfg, "dtype", tuple(DTYPES), default="float32")
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True)
         own = arch.config(cfg)  # the architecture's own keys, validated by its entry
+        _unused_groups(cfg, arch)
         if inits.scheme(scheme_name).calibrates_on_data and LSUV not in arch.capabilities:
             raise ConfigError(f"scheme lsuv calibrates {archs.labels(LSUV)} only; for "
                               f"arch={arch.name} choose another scheme")
@@ -247,7 +273,7 @@ class Spec:
         _ask(inits.scheme(scheme_name).check_widths, widths)  # delta_orthogonal: C_in ≤ C_out
         jacobian = _jacobian(cfg, arch, batch)
 
-        return cls(
+        spec = cls(
             arch=arch.name,
             depth=depth,
             widths=widths,
@@ -272,7 +298,10 @@ class Spec:
             scheme_params=tuple(params.items()),
             input_corr=float(input_corr),
             jacobian=jacobian,
+            ws=ws,
         )
+        _ask(inits.scheme(scheme_name).check_branches, arch.branch_depth(spec))  # fixup: m ≥ 2
+        return spec
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -286,6 +315,20 @@ def _jacobian(cfg: Mapping[str, Any], arch: archs.Architecture, batch: int) -> i
         raise ConfigError(f"jacobian is implemented for {archs.names(JACOBIAN)} only; for "
                           f"arch={arch.name} leave it at 0 (got jacobian={k})")
     return int(k)
+
+
+def _unused_groups(cfg: Mapping[str, Any], arch: archs.Architecture) -> None:
+    """A key set (not None) in a config group the architecture does not read is an error
+    (e.g. residual.alpha with arch=mlp), not silently ignored."""
+    for group, readers in archs.groups().items():
+        if group in arch.groups:
+            continue
+        node = cfg.get(group) or {}
+        for key, value in node.items():
+            if value is not None:
+                raise ConfigError(
+                    f"{group}.{key} applies to {', '.join(f'arch={r}' for r in readers)} only; "
+                    f"for arch={arch.name} leave it unset (got {group}.{key}={value!r})")
 
 
 def _resolve_device(device: Any) -> str:

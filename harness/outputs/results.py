@@ -53,10 +53,12 @@ def to_frame(
     for quantity in spec.quantities:
         m = np.asarray(measured[quantity], dtype=np.float64)
         R, n = m.shape
+        extra = spec.architecture.row_columns(spec, quantity, n)  # e.g. resmlp's branch_layer
         parts.append(
             pd.DataFrame(
                 {
                     "layer": np.tile(np.arange(1, n + 1), R),
+                    **{k: np.tile(v, R) for k, v in extra.items()},
                     "replicate": np.repeat(np.arange(R), n),
                     "quantity": quantity,
                     "value": m.ravel(),
@@ -67,7 +69,11 @@ def to_frame(
     df = pd.concat(parts, ignore_index=True)
     cols = _with_config(df, spec)
     df["quantity"] = df["quantity"].astype("string")
-    return df[[*cols, "layer", "replicate", "quantity", "value", "theory"]]
+    extra_cols = [c for c in df.columns if c not in (*cols, "layer", "replicate", "quantity", "value",
+                                                     "theory")]
+    for c in extra_cols:  # rows of the other quantities: <NA>
+        df[c] = df[c].astype("Int64")
+    return df[[*cols, "layer", *extra_cols, "replicate", "quantity", "value", "theory"]]
 
 
 def layer_matrix(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray:

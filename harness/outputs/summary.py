@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from harness.core.spec import ALL_QUANTITIES
-from harness.outputs.results import landmarks, layer_summary
+from harness.outputs.results import landmarks
+from harness.report import compare
 
 
 def numeric_events(df: pd.DataFrame) -> list[str]:
@@ -29,42 +30,57 @@ def numeric_events(df: pd.DataFrame) -> list[str]:
 
 
 def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
-    """Per quantity: the last layer's replicate mean ± standard error, theory and their ratio;
-    the worst |log10(mean/theory)| over layers; how many layers agree within k standard errors."""
-    s = layer_summary(df)
+    """Per quantity: the last layer's replicate mean ± standard error, theory, their ratio and the
+    replicates' median over theory; the worst severity over layers (`harness.report.compare.kind`:
+    |log10(mean/theory)| for positive quantities, |mean − theory| for signed ones such as the
+    correlation); how many layers agree within k standard errors. Then a `heavy tail:` line per
+    quantity whose mean is carried by a few replicates (`compare.layer_stats`' `dominated`), and
+    the run's class (`compare.assess`, Bonferroni's k over all points) with its one-line reason."""
+    s = compare.layer_stats(df)
     w = max(12, *(len(q) for q in _present(df)))
-    lines = [f"{'quantity':<{w}} {'layer':>5} {'measured ± s.e.':>22} {'theory':>10} {'ratio':>7}"
-             f"  {'worst |log10 ratio|':>19}  within {k:g} s.e."]
+    lines = [f"{'quantity':<{w}} {'layer':>5} {'measured ± s.e.':>22} {'theory':>10} {'ratio':>9}"
+             f" {'median r':>8}  {'worst |log10 ratio|':>19}  within {k:g} s.e."]
+    tails = []
     for q in _present(df):
         d = s[s["quantity"] == q]
         if d.empty:
             continue
         last = d.iloc[-1]
+        measured = f"{last['mean']:.4g} ± {last['sem']:.2g}"
         if not np.isfinite(d["theory"]).any():  # measured only (channel statistics)
-            measured = f"{last['mean']:.4g} ± {last['sem']:.2g}"
-            lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {'—':>10} {'':>7}"
+            lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {'—':>10} {'':>9} {'':>8}"
                          f"  {'no theory':>19}")
             continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (d["mean"] / d["theory"]).to_numpy()
-            logr = np.abs(np.log10(ratio))
+        kind = compare.kind(q)
+        sev = kind.severity(d["mean"], d["theory"])
+        with np.errstate(invalid="ignore"):
             within = (np.abs(d["mean"] - d["theory"]) <= k * d["sem"]).to_numpy()
-        if q == "correlation":  # a cosine, near 0 or negative: differences, not log ratios
-            diff = np.abs(d["mean"] - d["theory"]).to_numpy()
-            i = int(np.nanargmax(np.where(np.isfinite(diff), diff, -1)))
-            worst = f"|diff| {diff[i]:.3f} (layer {int(d['layer'].iloc[i])})"
-            measured = f"{last['mean']:.4g} ± {last['sem']:.2g}"
-            lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {last['theory']:>10.4g} "
-                         f"{'':>7}  {worst:>19}  {int(within.sum())}/{len(d)} layers")
-            continue
-        if np.isfinite(logr).any():
-            i = int(np.nanargmax(np.where(np.isfinite(logr), logr, -1)))
-            worst = f"{logr[i]:.3f} (layer {int(d['layer'].iloc[i])})"
+        if np.isfinite(sev).any():
+            i = int(np.nanargmax(np.where(np.isfinite(sev), sev, -1)))
+            worst = f"{'|diff| ' if kind.signed else ''}{sev[i]:.3f} (layer {int(d['layer'].iloc[i])})"
         else:
             worst = "n/a"
-        measured = f"{last['mean']:.4g} ± {last['sem']:.2g}"
+        if kind.signed:  # a cosine, near 0 or negative: differences, not ratios
+            ratio = median = ""
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = f"{last['mean'] / last['theory']:.4g}"
+                median = f"{last['median'] / last['theory']:.3g}"
         lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {last['theory']:>10.4g} "
-                     f"{ratio[-1]:>7.4g}  {worst:>19}  {int(within.sum())}/{len(d)} layers")
+                     f"{ratio:>9} {median:>8}  {worst:>19}  {int(within.sum())}/{len(d)} layers")
+        heavy = d[d["dominated"].astype(bool)]
+        if len(heavy):
+            hs = kind.severity(heavy["mean"], heavy["theory"])  # the worst such layer
+            at = heavy.iloc[int(np.argmax(np.where(np.isfinite(hs), hs, -1)))]
+            tails.append(f"heavy tail: {q} mean carried by {int(at['n_half'])} of {int(at['n'])} "
+                         f"replicates at layer {int(at['layer'])} ({len(heavy)} of {len(d)} layers); "
+                         f"there mean {kind.factor(at['mean'], at['theory'])}, median "
+                         f"{kind.factor(at['median'], at['theory'])} of theory: read the median")
+    lines += tails
+    a = compare.assess(s)
+    if a.points:
+        lines.append(f"class: {a.cls} ({compare.CLASS_RULES[a.cls]}; k = {a.k:.2f} over {a.points} "
+                     f"points)" + (f": {a.reason}" if a.cls != compare.AGREES else ""))
     lines += [f"warning: {e}" for e in numeric_events(df)]
     return lines
 

@@ -2,9 +2,12 @@
 a sweep, or any folder of runs.
 
 Writes `report.html` (figures embedded as base64 PNGs, no external resources: it opens offline)
-and the same figures as PNG files beside it, by default into `PATH/report/`. The report holds the
-sweep summary (done / skipped / failed jobs and their errors), the agreement table (disagreements
-first), per-layer variance figures faceted by the swept keys, heatmaps over two swept keys of
+and the same figures as PNG files beside it, by default into `PATH/report/`. The report holds a
+triage block (runs per class, the worst runs with one-line reasons, which swept keys explain the
+disagreements; the rules are `harness.report.compare`'s), the configuration (long values
+summarised), the sweep summary (done / skipped / failed jobs and their errors), the agreement table
+(by class, then severity; sortable and filterable by a short inline script), per-layer variance
+figures faceted by the swept keys (mean, median, range, theory), heatmaps over two swept keys of
 where each pass ends and of log10(measured/theory), and the command that reproduces each run.
 """
 
@@ -15,7 +18,7 @@ import html
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -240,6 +243,36 @@ th { background: #f2f4f8; } tr.bad td { background: #fdecec; } tr.na td { backgr
 figure { margin: 14px 0 28px; } figure img { max-width: 100%; border: 1px solid #e3e6ec; }
 figcaption { color: #5b6573; font-size: 13px; }
 nav a { margin-right: 14px; }
+.wide { overflow-x: auto; max-width: 100%; } .fixed { overflow-wrap: anywhere; }
+th.sort { cursor: pointer; } th.sort::after { content: " ↕"; color: #9aa3b0; }
+input.filter { margin: 6px 0 2px; padding: 3px 6px; width: 320px; font: inherit; }
+.classes span { display: inline-block; margin: 0 10px 4px 0; padding: 2px 10px; border-radius: 10px; }
+span.c-disagrees { background: #f8d4d4; } span.c-numerical { background: #f3dcf5; }
+span.c-bias { background: #fff0c2; } span.c-untested { background: #eef1f6; }
+span.c-agrees { background: #dcf1e2; }
+tr.c-disagrees td { background: #fdecec; } tr.c-numerical td { background: #fbeefc; }
+tr.c-bias td { background: #fffaeb; }
+ul.rules { margin: 4px 0; color: #3b4452; } .triage { border: 1px solid #d8dde6; border-radius: 6px;
+       padding: 4px 16px 10px; background: #fbfcfe; }
+"""
+
+#: sorts a table by a clicked header (a cell's data-sort, else its number, else its text) and
+#: filters its rows by the words typed above it; no network, no libraries
+SCRIPT = """
+for (const t of document.querySelectorAll("table.sortable")) {
+  const f = Object.assign(document.createElement("input"), {className: "filter",
+    placeholder: "filter rows: words that must all appear, e.g. gelu kaiming"});
+  t.parentNode.insertBefore(f, t);
+  f.addEventListener("input", () => { const w = f.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    for (const r of t.tBodies[0].rows) r.hidden = !w.every(x => r.textContent.toLowerCase().includes(x)); });
+  t.tHead.querySelectorAll("th").forEach((th, i) => { th.className = "sort"; th.onclick = () => {
+    const up = th.dataset.dir !== "asc"; th.dataset.dir = up ? "asc" : "desc";
+    const key = r => { const c = r.cells[i], v = c.dataset.sort ?? c.textContent, n = Number(v);
+      return v.trim() !== "" && !isNaN(n) ? [0, n] : [1, v]; };
+    const rows = [...t.tBodies[0].rows].sort((a, b) => { const x = key(a), y = key(b);
+      const o = x[0] - y[0] || (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0); return up ? o : -o; });
+    t.tBodies[0].append(...rows); }; });
+}
 """
 
 
@@ -247,17 +280,102 @@ def _esc(v: object) -> str:
     return html.escape(report_plots._fmt(v) if not isinstance(v, str) else v)
 
 
-def _table(frame: pd.DataFrame, row_class=None, code: Sequence[str] = ()) -> str:
+def _table(frame: pd.DataFrame, row_class=None, code: Sequence[str] = (), *, sortable: bool = False,
+           sort_keys: dict[str, Callable[[object], object]] | None = None,
+           formats: dict[str, Callable[[object], str]] | None = None) -> str:
+    """An HTML table; `sortable` tables get the inline script's header sorting and row filter;
+    `sort_keys` give a cell's data-sort value, `formats` its text."""
+    sort_keys, formats = sort_keys or {}, formats or {}
     head = "".join(f"<th>{_esc(c)}</th>" for c in frame.columns)
     body = []
     for _, r in frame.iterrows():
         cls = row_class(r) if row_class else ""
-        cells = "".join(
-            f"<td><code>{_esc(r[c])}</code></td>" if c in code else f"<td>{_esc(r[c])}</td>"
-            for c in frame.columns
-        )
-        body.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        cells = []
+        for c in frame.columns:
+            text = _esc(formats[c](r[c])) if c in formats else _esc(r[c])
+            if c == "run":  # long folder names (key=value,key=value,...) may break after a comma
+                text = text.replace(",", ",<wbr>")
+            attr = f" data-sort='{_esc(str(sort_keys[c](r[c])))}'" if c in sort_keys else ""
+            cells.append(f"<td{attr}><code>{text}</code></td>" if c in code else f"<td{attr}>{text}</td>")
+        body.append(f"<tr class='{cls}'>{''.join(cells)}</tr>" if cls else f"<tr>{''.join(cells)}</tr>")
+    table_class = " class='sortable'" if sortable else ""
+    return (f"<div class='wide'><table{table_class}><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+#: CSS class per run class
+CLASS_CSS = {compare.DISAGREES: "c-disagrees", compare.NUMERICAL: "c-numerical", compare.BIAS: "c-bias",
+             compare.UNTESTED: "c-untested", compare.AGREES: "c-agrees"}
+#: at most this many runs in the triage block's list of the worst
+WORST = 10
+
+
+def short_value(v: object, limit: int = 60) -> str:
+    """A config value as the report shows it: a long comma-separated list run-length encoded
+    ("256,256,...,256" → "256 × 51"; "784,256,256,10" stays), anything else cut to `limit`
+    characters with "…"."""
+    text = report_plots._fmt(v) if not isinstance(v, str) else v
+    items = text.split(",")
+    if len(items) > 4:
+        runs: list[tuple[str, int]] = []
+        for x in items:
+            if runs and runs[-1][0] == x:
+                runs[-1] = (x, runs[-1][1] + 1)
+            else:
+                runs.append((x, 1))
+        if len(runs) < len(items):
+            text = ", ".join(x if n == 1 else f"{x} × {n}" for x, n in runs)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _class_row(r: pd.Series) -> str:
+    return CLASS_CSS.get(str(r["class"]), "")
+
+
+def _severity(v: object) -> str:
+    x = float(v) if isinstance(v, int | float) else float("inf")
+    return f"{x:.3g}"
+
+
+def _agreement_html(frame: pd.DataFrame) -> str:
+    """The agreement table without its `reason` column (the triage block shows it)."""
+    return _table(frame.drop(columns=["reason"], errors="ignore"), row_class=_class_row, sortable=True,
+                  sort_keys={"class": compare.CLASSES.index, "severity": lambda v: v},
+                  formats={"severity": _severity})
+
+
+def triage_html(rep: Report) -> list[str]:
+    """The block at the top: runs per class with each class's rule, the worst runs (at most
+    WORST, not counting those that agree) with one-line reasons, and which swept keys explain
+    the disagreements (`compare.explain`)."""
+    table = rep.agreement
+    out = ["<section class='triage' id='triage'><h2>Triage</h2>"]
+    if table.empty:
+        return [*out, "<p>No run to assess.</p></section>"]
+    counts = compare.class_counts(table)
+    out.append("<p class='classes'>" + "".join(
+        f"<span class='{CLASS_CSS[c]}'><b>{n}</b> {_esc(c)}</span>" for c, n in counts.items()) + "</p>")
+    out.append("<ul class='rules'>" + "".join(
+        f"<li><b>{_esc(c)}</b>: {_esc(compare.CLASS_RULES[c])}</li>" for c in compare.CLASSES)
+        + f"<li><b>tail</b>: the replicate mean is carried by a few replicates when half of the sum "
+          f"of n ≥ {compare.TAIL_MIN_REPLICATES} values comes from at most max(1, ⌊n/8⌋) of them; "
+          f"there the standard error is no guide (such a point counts as a significant departure "
+          f"when its severity is beyond the limits) and the median is shown beside the mean</li>"
+        + "<li><b>severity</b>: the worst significant departure in units of its limit "
+          f"(|log10 r| / {compare.TOLERANCE:g} or |diff| / {compare.TOLERANCE:g}), comparable across "
+          "quantities; runs are sorted by class, then by severity</li></ul>")
+    for cls in (compare.DISAGREES, compare.NUMERICAL):
+        out += [f"<p><b>{_esc(line)}</b></p>" for line in compare.explain(table, rep.swept, cls)]
+    worst = table[table["class"] != compare.AGREES].head(WORST)
+    if worst.empty:
+        out.append("<p>Every run agrees with its theory.</p>")
+    else:
+        n_bad = int((table["class"] != compare.AGREES).sum())
+        out.append(f"<p>The worst {len(worst)} of {n_bad} run(s) that do not simply agree:</p>")
+        cols = [*rep.swept, "class", "severity", "reason"]
+        out.append(_table(worst[[*cols, "run"]], row_class=_class_row,
+                          formats={"severity": _severity}))
+    return [*out, "</section>"]
 
 
 def _k_text(rep: Report) -> str:
@@ -283,27 +401,31 @@ def render(rep: Report) -> str:
         f"<p class='meta'>{rep.n_runs} run(s); generated {datetime.now():%Y-%m-%d %H:%M:%S} by "
         f"harness {_esc(v.get('harness', '?'))} (commit {_esc(git_commit() or 'unknown')}), "
         f"torch {_esc(v.get('torch', '?'))}</p>",
-        "<nav><a href='#summary'>sweep summary</a><a href='#agreement'>agreement</a>"
+        "<nav><a href='#triage'>triage</a><a href='#config'>configuration</a>"
+        "<a href='#summary'>sweep summary</a><a href='#agreement'>agreement</a>"
         "<a href='#figures'>figures</a><a href='#reproduce'>reproduce</a></nav>",
+        *triage_html(rep),
         "<h2 id='config'>Configuration</h2>",
-        "<p><b>swept:</b> " + ("; ".join(
-            f"{_esc(k)} = {', '.join(_esc(x) for x in rep.levels[k])}" for k in rep.swept)
+        "<p class='fixed'><b>swept:</b> " + ("; ".join(
+            f"{_esc(k)} = {', '.join(_esc(short_value(x)) for x in rep.levels[k])}" for k in rep.swept)
             or "nothing (one configuration)") + "</p>",
-        "<p><b>fixed:</b> " + ", ".join(f"{_esc(k)}={_esc(x) if not _blank(x) else '(none)'}"
-                                        for k, x in rep.fixed.items()) + "</p>",
+        "<p class='fixed'><b>fixed:</b> " + ", ".join(
+            f"{_esc(k)} = {_esc(short_value(x)) if not _blank(x) else '(none)'}"
+            for k, x in rep.fixed.items()) + "</p>",
     ]
     parts += _summary_html(rep)
     parts += [
         "<h2 id='agreement'>Agreement: measured vs theory per configuration</h2>",
-        f"<p>Per run: the worst |log10(measured/theory)| over layers (measured = mean over "
-        f"replicates); at how many (quantity, layer) points theory lies within k standard errors "
-        f"of the replicate mean, and within the replicates' min–max range (the band in the "
-        f"figures). {_k_text(rep)} <b>agree</b> = within k s.e. at every point of every quantity, "
-        f"and nothing overflowed. Disagreements first. With few replicates or heavy-tailed "
-        f"products (deep, narrow relu networks) the standard error understates the spread, so "
-        f"read <i>no</i> together with the range column.</p>",
-        _table(rep.agreement, row_class=lambda r: "bad" if str(r["agree"]).startswith("no")
-               else "na" if str(r["agree"]).startswith("n/a") else ""),
+        f"<p>One row per run, sorted by <b>class</b> (rules in the triage block above), then by "
+        f"<b>severity</b>. <b>worst at</b>: the run's worst significant departure (else its worst "
+        f"point), where <b>mean vs theory</b> and <b>median vs theory</b> are the replicate mean "
+        f"and median against the prediction (a factor for positive quantities, a difference for "
+        f"signed ones such as the correlation) and <b>tail</b> says when the mean is carried by a "
+        f"few replicates. Then the worst |log10(measured/theory)| of forward and backward over "
+        f"layers, and at how many (quantity, layer) points theory lies within k standard errors "
+        f"of the replicate mean and within the replicates' min–max range (the band in the "
+        f"figures). {_k_text(rep)} Click a header to sort; type in the box to filter.</p>",
+        _agreement_html(rep.agreement),
         "<h2 id='figures'>Figures</h2>",
     ]
     parts += [f"<p class='meta'>{_esc(n)}</p>" for n in rep.notes]
@@ -312,8 +434,8 @@ def render(rep: Report) -> str:
         parts.append(f"<figure><img alt='{_esc(f.caption)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{_esc(f.caption)} ({_esc(f.name)})</figcaption></figure>")
     parts += ["<h2 id='reproduce'>Reproduce each run</h2>",
-              _table(rep.commands[["run", "command"]], code=("command",)),
-              "</body></html>"]
+              _table(rep.commands[["run", "command"]], code=("command",), sortable=True),
+              f"<script>{SCRIPT}</script></body></html>"]
     return "\n".join(parts)
 
 

@@ -1,12 +1,22 @@
 """Measured vs theory across many runs: which keys were swept, per-layer statistics per run, the
 end of each pass, and the agreement table. Tidy DataFrames in, tidy DataFrames out.
 
+The one place where the agreement rules live (the report, the console verdict in
+`harness.outputs.summary` and `harness.api` use them; this module imports nothing else of the
+harness): how each kind of quantity is compared (`KINDS`: |log10 r| for positive quantities,
+|difference| for signed ones), when a replicate mean is carried by a few replicates
+(`layer_stats`' `dominated`), one class per run (`assess`: agrees / finite-width bias / disagrees /
+numerical, `CLASS_RULES`), its severity, and which swept keys explain a class (`explain`).
+
 A frame from `harness.load` has one row per (run_dir, replicate, layer, quantity); every column
 other than the measurement columns is part of a run's config.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
 from statistics import NormalDist
 
 import numpy as np
@@ -60,20 +70,113 @@ def fixed_config(df: pd.DataFrame) -> dict[str, object]:
             if table[c].nunique(dropna=False) == 1 and table[c].notna().any()}
 
 
+# ---- quantity kinds: how measured and predicted are compared --------------------------------------
+#: a run whose every significant departure is smaller than this (|log10 r| for a positive quantity,
+#: |difference| for a signed one) is "finite-width bias", not "disagrees"
+TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How measured and predicted values of one kind of quantity are compared.
+
+    positive (signed=False): second moments and the like, > 0 by nature; severity
+    |log10(measured/theory)|, a factor ("×3.6e+10"). signed (signed=True): quantities that may be
+    0 or negative (a cosine); severity |measured − theory|, a difference ("diff +0.08"). A run
+    whose significant departures all have severity < `tolerance` is a finite-width bias."""
+
+    name: str
+    signed: bool
+    tolerance: float = TOLERANCE
+
+    @property
+    def measure(self) -> str:
+        """The severity's name: "|diff|" (signed) or "|log10 r|" (positive)."""
+        return "|diff|" if self.signed else "|log10 r|"
+
+    def severity(self, measured: pd.Series | np.ndarray, theory: pd.Series | np.ndarray) -> np.ndarray:
+        """|measured − theory| (signed) or |log10(measured/theory)| (positive); NaN where it is not
+        defined (non-finite values; a positive kind's values ≤ 0)."""
+        m, t = np.asarray(measured, dtype=float), np.asarray(theory, dtype=float)
+        if self.signed:
+            out = np.abs(m - t)
+            return np.where(np.isfinite(out), out, np.nan)
+        return np.abs(log10_ratio(m, t))
+
+    def factor(self, measured: float, theory: float) -> str:
+        """measured against theory in the kind's terms: "×3.6e+10" (measured/theory) or
+        "diff +0.08" (measured − theory); "n/a" where undefined."""
+        if not (np.isfinite(measured) and np.isfinite(theory)):
+            return "n/a"
+        if self.signed:
+            return f"diff {measured - theory:+.2g}"
+        return f"×{measured / theory:.3g}" if measured > 0 and theory > 0 else "n/a"
+
+
+POSITIVE = Kind("positive", signed=False)
+SIGNED = Kind("signed", signed=True)
+
+#: every quantity some architecture measures, and its kind (tests check that none is missing); a
+#: new quantity that may be 0 or negative must be listed as SIGNED
+KINDS: dict[str, Kind] = {
+    "forward": POSITIVE, "activation": POSITIVE, "backward": POSITIVE, "weight_grad": POSITIVE,
+    "channel_mean_sq": POSITIVE, "channel_var": POSITIVE, "branch": POSITIVE,
+    "jacobian_mean": POSITIVE, "jacobian_var": POSITIVE, "jacobian_rel_var": POSITIVE,
+    "correlation": SIGNED,
+}
+
+
+def kind(quantity: str) -> Kind:
+    """The quantity's kind from KINDS; a quantity not listed is compared by difference (SIGNED),
+    which is defined for any number."""
+    return KINDS.get(quantity, SIGNED)
+
+
+# ---- heavy tails ----------------------------------------------------------------------------------
+#: the rule for "the replicate mean is carried by a few replicates": with n ≥ TAIL_MIN_REPLICATES
+#: finite positive values, half of their sum comes from at most max(1, ⌊n·TAIL_FRACTION⌋) of them
+#: (16 replicates: 2). Light tails need about n/2 (chi-square-like moments of wide layers), a
+#: log-normal of log-spread s needs ≤ n/8 only for s ≳ 2 (the median then is a better guide)
+TAIL_MIN_REPLICATES = 8
+TAIL_FRACTION = 1 / 8
+
+
+def tail_limit(n: pd.Series | np.ndarray) -> np.ndarray:
+    """max(1, ⌊n·TAIL_FRACTION⌋): at most this many replicates carrying half of the sum is a
+    heavy tail."""
+    return np.maximum(1, np.floor(np.asarray(n, dtype=float) * TAIL_FRACTION))
+
+
 def layer_stats(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (run_dir, quantity, layer): replicate mean, min, max, standard error, finite count n,
-    replicate count R, and theory. Non-finite values (overflow) are kept out of mean/min/max."""
+    """Per (run_dir, quantity, layer): replicate mean, median, min, max, standard error, finite
+    count n, replicate count R, theory, `n_half` (the fewest replicates whose values make up half
+    of the sum: 1 ≤ n_half ≤ ⌈n/2⌉ for light tails ~ n/2) and `dominated` (the mean is carried by
+    a few replicates: n ≥ TAIL_MIN_REPLICATES, n_half ≤ max(1, ⌊n/8⌋), positive kinds only).
+    Non-finite values (overflow) are kept out of every statistic. A frame without `run_dir` (one
+    run) gets run_dir "" ."""
+    if "run_dir" not in df:
+        df = df.assign(run_dir="")
     keys = ["run_dir", "quantity", "layer"]
     finite = df[np.isfinite(df["value"])]
     g = finite.groupby(keys, sort=True)["value"]
-    stats = pd.DataFrame({"mean": g.mean(), "min": g.min(), "max": g.max(),
+    stats = pd.DataFrame({"mean": g.mean(), "median": g.median(), "min": g.min(), "max": g.max(),
                           "sem": g.std(ddof=1) / np.sqrt(g.count()), "n": g.count()})
+    # n_half: sort each group's values in descending order; count those before the running sum
+    # reaches half of the total, plus the one that reaches it
+    desc = finite.sort_values([*keys, "value"], ascending=[True, True, True, False])
+    running = desc.groupby(keys, sort=True)["value"].cumsum()
+    half = desc.groupby(keys, sort=True)["value"].transform("sum") / 2
+    stats["n_half"] = (running < half).groupby([desc[k] for k in keys], sort=True).sum() + 1
     whole = df.groupby(keys, sort=True)
     out = stats.reindex(whole.size().index)
     out["n"] = out["n"].fillna(0).astype(int)
     out["R"] = whole.size()
     out["theory"] = whole["theory"].first()
-    return out.reset_index()
+    out = out.reset_index()
+    positive = ~out["quantity"].map(lambda q: kind(q).signed).astype(bool)
+    out["dominated"] = (positive & (out["n"] >= TAIL_MIN_REPLICATES) & (out["min"] >= 0)
+                        & (out["n_half"] <= tail_limit(out["n"])))
+    return out
 
 
 def log10_ratio(mean: pd.Series | np.ndarray, theory: pd.Series | np.ndarray) -> np.ndarray:
@@ -105,6 +208,131 @@ def end_of_pass(stats: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ---- one class per run ----------------------------------------------------------------------------
+DISAGREES, NUMERICAL, BIAS, UNTESTED, AGREES = (
+    "disagrees", "numerical", "finite-width bias", "untested (1 replicate)", "agrees")
+#: the order runs are listed in: the worst real problems first
+CLASSES = (DISAGREES, NUMERICAL, BIAS, UNTESTED, AGREES)
+#: one line per class: the rule (shown in the report)
+CLASS_RULES = {
+    AGREES: "theory within Bonferroni's k standard errors of the replicate mean at every point",
+    BIAS: (f"significant departures, each with |log10 r| < {TOLERANCE:g} (positive quantities) "
+           f"or |diff| < {TOLERANCE:g} (signed ones, e.g. correlation)"),
+    DISAGREES: (f"a significant departure with |log10 r| ≥ {TOLERANCE:g} (positive quantities) "
+                f"or |diff| ≥ {TOLERANCE:g} (signed ones)"),
+    NUMERICAL: "overflow (inf/nan) or underflow (0) in a measured value",
+    UNTESTED: "one replicate, no standard error; within the limits above",
+}
+
+
+@dataclass
+class Assessment:
+    """One run against its theory: `cls` (one of CLASSES), `score` (its worst severity in units of
+    its kind's tolerance: max over points of severity/tolerance, comparable across quantities),
+    the worst point and a one-line `reason`, the counts behind the class, and per quantity the
+    worst severity (`worst`: {quantity: (severity, layer)})."""
+
+    cls: str
+    score: float
+    k: float
+    points: int
+    within: int
+    in_range: int
+    reason: str
+    quantity: str = ""
+    layer: int | None = None
+    mean_factor: str = ""
+    median_factor: str = ""
+    tail: str = ""
+    worst: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Assessment:
+    """Classify one run from its `layer_stats` rows (points without theory are left out).
+
+    A point departs significantly when |mean − theory| > k·s.e., or when its mean is carried by a
+    few replicates (`dominated`: the s.e. is then no guide) and its severity ≥ its tolerance.
+    k defaults to Bonferroni's `bonferroni_k(m, alpha)` for the run's m points. The class:
+    numerical if a value overflowed (inf/nan) or a positive quantity underflowed to 0; else with
+    one replicate disagrees/untested by the tolerances alone; else agrees with no significant
+    departure, finite-width bias when every significant departure has severity < its tolerance
+    (points within k s.e. are noise, whatever their severity), disagrees otherwise. The run's
+    score and worst point: its largest severity/tolerance among significant departures (else
+    among all points)."""
+    d = d[np.isfinite(d["theory"].astype(float))].reset_index(drop=True)
+    quantities, layers = d["quantity"].to_numpy(), d["layer"].to_numpy()
+    kinds = [kind(q) for q in quantities]
+    mean, theory = d["mean"].to_numpy(dtype=float), d["theory"].to_numpy(dtype=float)
+    sev = np.array([kd.severity([m], [t])[0] for kd, m, t in zip(kinds, mean, theory, strict=True)])
+    score = sev / np.array([kd.tolerance for kd in kinds]) if len(d) else sev
+    k_run = bonferroni_k(len(d), alpha) if k is None else k
+    dominated = d["dominated"].to_numpy(dtype=bool)
+    with np.errstate(invalid="ignore"):
+        beyond = np.abs(mean - theory) > k_run * d["sem"].to_numpy(dtype=float)
+        significant = beyond | (dominated & (score >= 1))
+    within = int((~beyond & np.isfinite(d["sem"].to_numpy(dtype=float))).sum())
+    in_range = int(((d["min"] <= d["theory"]) & (d["theory"] <= d["max"])).sum())
+    overflow = (d["n"] < d["R"]).to_numpy()
+    signed = np.array([kd.signed for kd in kinds], dtype=bool)
+    underflow = ~signed & (d["min"].to_numpy(dtype=float) == 0)
+    R = int(d["R"].max()) if len(d) else 0
+    finite = np.isfinite(score)
+    # the run's severity: its worst significant departure (else its worst point at all)
+    pick = significant & finite if (significant & finite).any() else finite
+    top = float(np.max(score[pick])) if pick.any() else np.inf
+    worst = {}
+    for q in dict.fromkeys(quantities):
+        m = (quantities == q) & finite
+        if m.any():
+            i = int(np.flatnonzero(m)[np.argmax(sev[m])])
+            worst[q] = (float(sev[i]), int(layers[i]))
+    if overflow.any() or underflow.any():
+        cls = NUMERICAL
+    elif R < 2:
+        cls = DISAGREES if top >= 1 else UNTESTED
+    elif not significant.any():
+        cls = AGREES
+    elif not (significant & (score >= 1)).any():
+        cls = BIAS
+    else:
+        cls = DISAGREES
+    out = Assessment(cls=cls, score=top, k=k_run, points=len(d), within=within, in_range=in_range,
+                     reason="", worst=worst)
+    if cls == NUMERICAL:
+        # the first quantity in KINDS order, at its first layer
+        order = list(KINDS)
+        bad = sorted(np.flatnonzero(overflow | underflow),
+                     key=lambda j: (order.index(quantities[j]) if quantities[j] in order else len(order),
+                                    layers[j]))
+        i = int(bad[0])
+        what = (f"{int(d['R'].iloc[i] - d['n'].iloc[i])}/{int(d['R'].iloc[i])} replicates inf/nan"
+                if overflow[i] else "underflow to 0")
+        out.quantity, out.layer = str(quantities[i]), int(layers[i])
+        out.reason = f"{quantities[i]} layer {layers[i]}: {what}"
+        return out
+    if not finite.any():
+        out.reason = "nothing to compare"
+        return out
+    i = int(np.flatnonzero(pick)[np.argmax(score[pick])])
+    kd = kinds[i]
+    out.quantity, out.layer = str(quantities[i]), int(layers[i])
+    out.mean_factor = kd.factor(mean[i], theory[i])
+    out.median_factor = kd.factor(float(d["median"].iloc[i]), theory[i])
+    if dominated[i]:
+        out.tail = f"mean carried by {int(d['n_half'].iloc[i])} of {int(d['n'].iloc[i])} replicates"
+    sem = float(d["sem"].iloc[i])
+    z = abs(mean[i] - theory[i]) / sem if sem > 0 else np.inf
+    parts = [f"{out.quantity} layer {out.layer}: mean {out.mean_factor} of theory"
+             if not kd.signed else f"{out.quantity} layer {out.layer}: mean {out.mean_factor} from theory",
+             f"{kd.measure} {sev[i]:.3g}"]
+    if np.isfinite(z) and cls != AGREES and not out.tail:
+        parts.append(f"{z:.1f} s.e.")
+    if out.tail:
+        parts.append(f"{out.tail}; median {out.median_factor}")
+    out.reason = ", ".join(parts[:2]) + "".join(f"; {p}" for p in parts[2:])
+    return out
+
+
 def bonferroni_k(m: int, alpha: float = ALPHA) -> float:
     """The per-point threshold in standard errors for m two-sided comparisons at family-wise
     false-positive rate α: k = Φ⁻¹(1 − α / (2m)) (e.g. m = 199, α = 0.01: k ≈ 3.89)."""
@@ -114,51 +342,113 @@ def bonferroni_k(m: int, alpha: float = ALPHA) -> float:
 def agreement(
     df: pd.DataFrame, k: float | None = None, stats: pd.DataFrame | None = None, alpha: float = ALPHA
 ) -> pd.DataFrame:
-    """One row per run: its swept keys, the worst |log10(mean/theory)| over layers for forward and
-    backward and over every quantity (with where), how many (quantity, layer) points have theory
-    within k standard errors of the replicate mean and within the replicates' min–max range, and
-    `agree` (theory within k s.e. at every point, and nothing overflowed). k defaults to
-    Bonferroni's threshold `bonferroni_k(m, alpha)` for the run's m points, so that a run whose
-    theory is right is flagged with probability ≤ α (for roughly normal replicate means); a number
-    fixes k for every point instead. Sorted so that disagreements come first, then by the worst
-    ratio."""
+    """One row per run (`assess`): its swept keys, `class`, `severity` (the worst severity in
+    units of its kind's tolerance, comparable across quantities), the worst point (`worst at`),
+    the replicate mean and median there against theory (a factor for positive quantities, a
+    difference for signed ones), `tail` (when the mean is carried by a few replicates), the worst
+    |log10 r| over layers of forward and backward, k, how many points have theory within k s.e.
+    and within the replicates' min–max range, and the one-line `reason`. k defaults to
+    Bonferroni's for the run's points. Sorted by class (CLASSES: the worst real problems first),
+    then by severity, largest first."""
     stats = layer_stats(df) if stats is None else stats
+    if "run_dir" not in df:
+        df = df.assign(run_dir="")
     keys = swept_keys(df)
     table = runs(df).set_index("run_dir")
     rows = []
     for run_dir, d in stats.groupby("run_dir", sort=True):
-        lr = np.abs(log10_ratio(d["mean"], d["theory"]))
-        k_run = bonferroni_k(len(d), alpha) if k is None else k
-        within = (np.abs(d["mean"] - d["theory"]) <= k_run * d["sem"]).to_numpy()
-        overflow = bool((d["n"] < d["R"]).any())
+        a = assess(d, k, alpha)
         row: dict[str, object] = {k_: table.at[run_dir, k_] for k_ in keys}
+        row["class"] = a.cls
+        row["severity"] = a.score
+        row["worst at"] = f"{a.quantity} layer {a.layer}" if a.quantity else ""
+        row["mean vs theory"] = a.mean_factor
+        row["median vs theory"] = a.median_factor
+        row["tail"] = a.tail
         for q in ("forward", "backward"):
-            m = (d["quantity"] == q).to_numpy()
-            row[f"{q} worst |log10 r|"] = _worst(lr[m], d["layer"].to_numpy()[m])
-        all_worst = _worst(lr, d["layer"].to_numpy(), d["quantity"].to_numpy())
-        row["worst |log10 r| (all)"] = all_worst
+            if q in set(d["quantity"]):
+                row[f"{q} worst |log10 r|"] = (f"{a.worst[q][0]:.3f} (layer {a.worst[q][1]})"
+                                               if q in a.worst else "n/a")
         if k is None:
-            row["k (s.e.)"] = round(k_run, 2)
-        row["within k s.e." if k is None else f"within {k:g} s.e."] = f"{int(within.sum())}/{len(d)}"
-        in_range = ((d["min"] <= d["theory"]) & (d["theory"] <= d["max"])).to_numpy()
-        row["in replicate range"] = f"{int(in_range.sum())}/{len(d)}"
-        R = int(d["R"].max())
-        row["agree"] = ("no (overflow)" if overflow else
-                        "n/a (1 replicate)" if R < 2 else "yes" if within.all() else "no")
-        row["_worst"] = np.nanmax(lr) if np.isfinite(lr).any() else np.inf
+            row["k (s.e.)"] = round(a.k, 2)
+        row["within k s.e." if k is None else f"within {k:g} s.e."] = f"{a.within}/{a.points}"
+        row["in replicate range"] = f"{a.in_range}/{a.points}"
+        row["reason"] = a.reason
         row["run_dir"] = run_dir
         rows.append(row)
     out = pd.DataFrame(rows)
-    order = out["agree"].map(lambda a: 0 if a.startswith("no") else 1 if a.startswith("n/a") else 2)
-    out = out.assign(_order=order).sort_values(["_order", "_worst"], ascending=[True, False])
-    return out.drop(columns=["_order", "_worst"]).reset_index(drop=True)
+    order = out["class"].map(CLASSES.index)
+    score = out["severity"].where(np.isfinite(out["severity"]), np.finfo(float).max)
+    out = out.assign(_order=order, _score=score).sort_values(["_order", "_score"],
+                                                              ascending=[True, False], kind="stable")
+    return out.drop(columns=["_order", "_score"]).reset_index(drop=True)
 
 
-def _worst(lr: np.ndarray, layers: np.ndarray, quantities: np.ndarray | None = None) -> str:
-    if not len(lr):
-        return ""
-    if not np.isfinite(lr).any():
-        return "n/a"
-    i = int(np.nanargmax(np.where(np.isfinite(lr), lr, -1)))
-    where = f"{quantities[i]} layer {layers[i]}" if quantities is not None else f"layer {layers[i]}"
-    return f"{lr[i]:.3f} ({where})"
+# ---- triage over many runs ------------------------------------------------------------------------
+def class_counts(table: pd.DataFrame) -> dict[str, int]:
+    """Runs per class of an `agreement` table, in CLASSES order (classes with none left out)."""
+    counts = table["class"].value_counts()
+    return {c: int(counts[c]) for c in CLASSES if c in counts}
+
+
+def explain(table: pd.DataFrame, keys: Sequence[str], cls: str = DISAGREES) -> list[str]:
+    """Which swept keys explain the runs of class `cls` in an `agreement` table, as sentences.
+
+    The values every such run shares ("all 10 disagreements have act=gelu and scheme=kaiming"),
+    with how many of the runs that have those values are in the class; when they share none, the
+    one key=value or pair of them that best separates the class (largest F1 = 2·hits/(class runs
+    + runs with those values))."""
+    hit = table["class"] == cls
+    n = int(hit.sum())
+    if not n or not keys:
+        return []
+    label = "disagreements" if cls == DISAGREES else f"{cls} runs"
+    shared = {key: table.loc[hit, key].iloc[0] for key in keys
+              if table.loc[hit, key].nunique(dropna=False) == 1}
+    if shared:
+        with_values = int(_matching(table, shared).sum())
+        head = (f"all {n} {label} have {_values(shared)}" if n > 1
+                else f"the one {label[:-1]} has {_values(shared)}")
+        these = "these values" if len(shared) > 1 else "this value"
+        share = (f"the only run with {these}" if with_values == 1
+                 else f"{n} of the {with_values} runs with {these}")
+        return [f"{head} ({share})"]
+    best: tuple[float, dict[str, object]] | None = None
+    for size in (1, 2):
+        for combo in combinations(keys, size):
+            for values, part in table[hit].groupby(list(combo), dropna=False):
+                values = values if isinstance(values, tuple) else (values,)
+                cond = dict(zip(combo, values, strict=True))
+                f1 = 2 * len(part) / (n + int(_matching(table, cond).sum()))
+                if best is None or f1 > best[0] + 1e-12:
+                    best = (f1, cond)
+    assert best is not None
+    cond = best[1]
+    matching = _matching(table, cond)
+    covered = int((matching & hit).sum())
+    return [f"{covered} of the {n} {label} have {_values(cond)} ({covered} of the {int(matching.sum())} "
+            f"runs with {'these values' if len(cond) > 1 else 'this value'}); no key value is "
+            f"shared by all"]
+
+
+def _values(cond: dict[str, object]) -> str:
+    """"act=gelu, scheme=kaiming and depth=50"."""
+    items = [f"{key}={_text(v)}" for key, v in cond.items()]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _matching(table: pd.DataFrame, cond: dict[str, object]) -> pd.Series:
+    m = pd.Series(True, index=table.index)
+    for key, v in cond.items():
+        m &= table[key].isna() if _missing(v) else table[key] == v
+    return m
+
+
+def _missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
+
+
+def _text(v: object) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return "null" if _missing(v) else str(v)

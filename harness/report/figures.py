@@ -57,8 +57,8 @@ def variance_grid(
     stats: pd.DataFrame | None = None,
     title: str = "",
 ) -> Figure:
-    """Replicate mean per layer (line), min–max over replicates (band) and theory (dashed, same
-    colour) for `quantity`; one panel per (rows, cols) value, one colour per `hue` value."""
+    """Replicate mean per layer (line), median (dots), min–max over replicates (band) and theory
+    (dashed, same colour) for `quantity`; one panel per (rows, cols) value, one colour per `hue` value."""
     stats = compare.layer_stats(df) if stats is None else stats
     table = compare.runs(df)
     row_levels, col_levels, hue_levels = _levels(table, rows), _levels(table, cols), _levels(table, hue)
@@ -78,6 +78,8 @@ def variance_grid(
                 ax.fill_between(d["layer"][pos], d["min"][pos].clip(lower=np.finfo(float).tiny),
                                 d["max"][pos], color=colour, alpha=0.18, lw=0)
                 ax.plot(d["layer"][pos], d["mean"][pos], "-", color=colour, lw=1.3, label=label)
+                med = d["median"] > 0
+                ax.plot(d["layer"][med], d["median"][med], ".", color=colour, ms=3.5, alpha=0.9)
                 th = d["theory"].where(np.isfinite(d["theory"]) & (d["theory"] > 0))
                 ax.plot(d["layer"], th, "--", color=colour, lw=1.0, alpha=0.9)
         heading = [(k, v) for k, v in ((rows, rv), (cols, cv)) if k is not None]
@@ -98,11 +100,12 @@ def variance_grid(
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    handles.append(plt.Line2D([], [], color="k", ls="--", lw=1.0))
-    labels.append("theory (dashed)")
+    handles += [plt.Line2D([], [], color="k", ls="none", marker=".", ms=5),
+                plt.Line2D([], [], color="k", ls="--", lw=1.0)]
+    labels += ["median (dots)", "theory (dashed)"]
     fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
-    fig.suptitle(f"{LABELS.get(quantity, quantity)}\nmeasured (line; band = replicate min–max) "
-                 f"vs theory (dashed)" + (f"; {title}" if title else ""), fontsize=10)
+    fig.suptitle(f"{LABELS.get(quantity, quantity)}\nmeasured mean (line), median (dots), band = "
+                 f"replicate min–max; theory (dashed)" + (f"; {title}" if title else ""), fontsize=10)
     return fig
 
 

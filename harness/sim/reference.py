@@ -1,4 +1,5 @@
-"""The reference ensemble: each member as a plain torch `nn.Sequential`, one module per layer.
+"""The reference ensemble: each member as a plain torch `nn.Sequential`, one module per layer
+(per block for residual architectures: `harness.archs.base.Architecture.block`).
 
 A member of a run is layer_1, φ, layer_2, φ, …, layer_L (a linear readout), each layer the plain
 torch module its architecture builds (`harness.archs.base.Architecture.layer`: nn.Linear for an
@@ -51,6 +52,18 @@ def member(
     bias = biases is not None if weights is not None else spec.bias_std > 0
     act = spec.activation
     layers: list[nn.Module] = []
+    if arch.block(spec, 0, bias=bias, device=device, dtype=dtype) is not None:  # residual blocks
+        for l in range(spec.depth):
+            block = arch.block(spec, l, bias=bias, device=device, dtype=dtype)
+            if weights is not None:
+                m = len(block.layers)
+                with torch.no_grad():
+                    for j, layer in enumerate(block.layers):
+                        layer.weight.copy_(weights[l * m + j][r])
+                        if biases is not None:
+                            layer.bias.copy_(biases[l * m + j][r])
+            layers.append(block)
+        return nn.Sequential(*layers)
     for l in range(spec.depth):
         layer = arch.layer(spec, spec.widths[l], spec.widths[l + 1], bias=bias, device=device,
                            dtype=dtype)
@@ -73,5 +86,12 @@ def ensemble(
 
 
 def layers(net: nn.Sequential) -> list[nn.Module]:
-    """The weighted layers of a member (its modules but the activations), l = 1..L."""
-    return [m for m in net if not isinstance(m, Phi)]
+    """The weighted layers of a member (its modules but the activations; a residual block's
+    `.layers` in order), l = 1..L (1..L·m for residual blocks)."""
+    out: list[nn.Module] = []
+    for m in net:
+        if isinstance(m, Phi):
+            continue
+        block_layers = getattr(m, "layers", None)
+        out.extend(block_layers if isinstance(block_layers, nn.ModuleList) else [m])
+    return out

@@ -111,7 +111,7 @@ def sample_chunk(
                    for o, n, shape in zip(offsets, sizes, spec.weight_shapes, strict=True)]
     else:
         weights = [empty(f"weight{l}", (r, *shape)) for l, shape in enumerate(spec.weight_shapes)]
-    biases = ([empty(f"bias{l}", (r, n)) for l, n in enumerate(spec.widths[1:])]
+    biases = ([empty(f"bias{l}", (r, shape[0])) for l, shape in enumerate(spec.weight_shapes)]
               if spec.bias_std > 0 else None)
     x0 = empty("x0", (r, spec.batch, spec.widths[0], *spec.spatial))
     cot = empty("cotangent", (r, spec.batch, spec.widths[-1], *spec.spatial))
@@ -134,7 +134,26 @@ def sample_chunk(
     if flat is not None and common is None:
         for W, (_, scale) in zip(weights, forms, strict=True):
             W.mul_(scale)
+    if spec.ws:
+        for W in weights:
+            standardize_(W, 1.0 if spec.gain is None else spec.gain)
+    layer_scales = spec.layer_scales()  # e.g. scheme=fixup's branch factors (None: all 1)
+    for W, s in zip(weights, layer_scales or (), strict=False):
+        if s != 1.0:
+            W.mul_(s)
     return weights, biases, x0, cot
+
+
+def standardize_(W: torch.Tensor, gain: float) -> torch.Tensor:
+    """Scaled weight standardization in place (Qiao et al. 2019; Brock et al. 2021), per member
+    and output unit i of W (R, out, *rest): W_i ← gain · (W_i − mean W_i) / (std W_i · √fan_in),
+    fan_in = ∏rest, std the population one; a row of zeros stays zero. Then Σ_j W_ij² = gain²."""
+    flat = W.view(W.shape[0], W.shape[1], -1)
+    mean = flat.mean(-1, keepdim=True)
+    std = flat.var(-1, unbiased=False, keepdim=True).sqrt_()
+    scale = torch.where(std > 0, gain / (std * math.sqrt(flat.shape[-1])), 0.0)
+    flat.sub_(mean).mul_(scale)
+    return W
 
 
 @torch.no_grad()

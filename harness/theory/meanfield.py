@@ -31,6 +31,7 @@ import numpy as np
 
 from harness.core.activations import Activation
 from harness.core.init import fans
+from harness.core.quadrature import gaussian_expectation
 
 if TYPE_CHECKING:  # type hints only: the MLP's registry entry uses `dense`, and Spec the registry
     from harness.core.spec import Spec
@@ -42,8 +43,15 @@ def sigma_w2(spec: Spec) -> np.ndarray:
     return fan_in * np.array(spec.weight_variances())
 
 
+def mean_phi(act: Activation, q: float | np.ndarray) -> np.ndarray:
+    """M_φ(q) = E φ(√q z), z ~ N(0, 1), by quadrature. With ws=true every row of a weight sums to
+    zero, which removes φ's mean: the forward maps use V_φ − M_φ² and C_φ − M_φ²."""
+    return gaussian_expectation(act.phi, q)
+
+
 def correlation_map(
-    act: Activation, s2: np.ndarray, q: np.ndarray, b2: float, q0: float, c0: float
+    act: Activation, s2: np.ndarray, q: np.ndarray, b2: float, q0: float, c0: float,
+    centred: bool = False,
 ) -> np.ndarray:
     """c^l, l = 1..L, from c^0 = c0: q_12^1 = σ_w,1² q_0 c_0 + σ_b², q_12^{l+1} = σ_w,l+1²
     C_φ(q^l, c^l) + σ_b², c^l = q_12^l / q^l (q^l the forward prediction). nan once q^l is not
@@ -57,7 +65,10 @@ def correlation_map(
                 break
             c[l] = min(1.0, max(-1.0, q12 / q[l]))
             if l + 1 < L:
-                q12 = s2[l + 1] * act.C(float(q[l]), float(c[l])) + b2
+                cov = act.C(float(q[l]), float(c[l]))
+                if centred:  # ws=true: C_φ − M_φ²
+                    cov -= float(mean_phi(act, float(q[l]))) ** 2
+                q12 = s2[l + 1] * cov + b2
     return c
 
 
@@ -91,7 +102,8 @@ def dense(
         q[0] = s2[0] * spec.input_var + b2
         for l in range(1, L):
             x2[l] = act.V(q[l - 1])
-            q[l] = s2[l] * x2[l] + b2
+            centre = float(mean_phi(act, q[l - 1])) ** 2 if spec.ws else 0.0  # ws: V_φ − M_φ²
+            q[l] = s2[l] * (x2[l] - centre) + b2
         D = act.D(q[:-1]) if L > 1 else np.empty(0)
         g = np.empty(L)
         g[-1] = 1.0
@@ -103,5 +115,6 @@ def dense(
             "activation": x2[1:].copy(),
             "backward": g,
             "weight_grad": g * x2,
-            "correlation": correlation_map(act, s2, q, b2, spec.input_var, spec.input_corr),
+            "correlation": correlation_map(act, s2, q, b2, spec.input_var, spec.input_corr,
+                                           centred=spec.ws),
         }
