@@ -29,19 +29,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from harness import cli
 from harness.archs.base import POSITIONS as POSITION_MAPS  # the capability
 from harness.core.spec import ConfigError, Spec
-from harness.outputs import plots, summary
+from harness.outputs import summary
 from harness.outputs.results import (
     JACOBIAN,
     METADATA,
@@ -55,11 +54,13 @@ from harness.outputs.results import (
     write_json,
     write_parquet,
 )
-from harness.report import compare
 from harness.sim import jacobian, lsuv
 from harness.sim.runner import Measurement, measure
 from harness.theory import criticality, finite_width
 from harness.theory.meanfield import predict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: the command a saved in-process run names as the one that reproduces it
 CLI = "python -m harness.run"
@@ -102,6 +103,10 @@ class Result:
             return self._figure(kind)
 
     def _figure(self, kind: str) -> Figure:
+        # matplotlib (~1 s to import) only where a figure is drawn: a plot=false run or a
+        # sweep's job never imports it
+        from harness.outputs import plots
+
         if kind == "variance":
             b = self.band
             bands = {"forward": (b.lower, b.upper)} if b.lower is not None else None
@@ -128,10 +133,11 @@ class Result:
             **({"lsuv": m.info["lsuv"]} if "lsuv" in m.info else {}),
         )
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the CLI's files for this run into `directory` (created); returns it."""
+    def save(self, directory: str | Path, *, multirun: bool = False) -> Path:
+        """Write the CLI's files for this run into `directory` (created); returns it.
+        `multirun`: as a sweep's job (plot=auto then writes no figure)."""
         out = Path(directory)
-        write(self, out, command=" ".join([CLI, *self.overrides]))
+        write(self, out, command=" ".join([CLI, *self.overrides]), multirun=multirun)
         return out
 
 
@@ -151,16 +157,19 @@ class SweepResult:
                                                                              strict=True)],
                          ignore_index=True)
 
-    def table(self, k: float | None = None, alpha: float = compare.ALPHA) -> pd.DataFrame:
+    def table(self, k: float | None = None, alpha: float | None = None) -> pd.DataFrame:
         """The report's agreement table (`harness.report.compare.agreement`): one row per run,
         disagreements first; k standard errors (default: Bonferroni's at family-wise rate α)."""
-        return compare.agreement(self.frame, k, alpha=alpha)
+        from harness.report import compare  # the report package draws with matplotlib
+
+        return compare.agreement(self.frame, k, alpha=compare.ALPHA if alpha is None else alpha)
 
     def save(self, directory: str | Path) -> Path:
-        """Write each run's files into `directory`/label; returns `directory`."""
+        """Write each run's files into `directory`/label, as a --multirun sweep's jobs (plot=auto:
+        no per-run figure); returns `directory`."""
         out = Path(directory)
         for r, label in zip(self.runs, self.labels, strict=True):
-            r.save(out / label)
+            r.save(out / label, multirun=True)
         return out
 
 
@@ -190,17 +199,19 @@ def compute(cfg: DictConfig, spec: Spec | None = None, *, progress: bool = False
     return Result(spec, cfg, df, pos, m, predicted, crit, band, coverage, notes, tuple(overrides))
 
 
-def write(result: Result, out_dir: str | Path, *, command: str | None = None) -> None:
-    """Write a run's files into out_dir: config.yaml, metadata.json, variance.png (unless
-    plot=false), a conv run's positions.parquet and positions.png, jacobian.parquet (jacobian=k),
-    and last, atomically, metrics.parquet (which marks a complete run)."""
+def write(result: Result, out_dir: str | Path, *, command: str | None = None,
+          multirun: bool = False) -> None:
+    """Write a run's files into out_dir: config.yaml, metadata.json, variance.png (as the
+    `plot` key says: true, false, or auto — on unless `multirun`, a job of a sweep), a conv
+    run's positions.parquet and positions.png, jacobian.parquet (jacobian=k), and last,
+    atomically, metrics.parquet (which marks a complete run)."""
     out = Path(out_dir)
     meta = result.metadata(command)
     info = result.measurement.info
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.yaml", cli.resolved_yaml(result.config).encode())
     write_json(meta, out / METADATA)
-    if result.config.get("plot", True):
+    if cli.wants_plot(result.config.get("plot", "auto"), multirun=multirun):
         _save_png(result, "variance", out / "variance.png")
         if result.positions is not None:
             _save_png(result, "positions", out / "positions.png")
@@ -212,6 +223,8 @@ def write(result: Result, out_dir: str | Path, *, command: str | None = None) ->
 
 
 def _save_png(result: Result, kind: str, path: Path) -> None:
+    from harness.outputs import plots  # matplotlib only where a figure is drawn (Result._figure)
+
     with warnings.catch_warnings():  # log axes spanning an overflow warn; the plot is fine
         warnings.simplefilter("ignore", RuntimeWarning)
         fig = result._figure(kind)

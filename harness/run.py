@@ -10,6 +10,7 @@ last, atomically, and marks a complete run.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import types
@@ -50,10 +51,11 @@ class RunResult:
 
 
 def execute(
-    cfg: DictConfig, out_dir: str | Path, *, command: str | None = None, echo: bool = True
+    cfg: DictConfig, out_dir: str | Path, *, command: str | None = None, echo: bool = True,
+    multirun: bool = False,
 ) -> RunResult:
     """Build the Spec, measure and predict (`harness.api.compute`), write every output to
-    `out_dir` (`harness.api.write`), print the verdict."""
+    `out_dir` (`harness.api.write`; `multirun`: as a sweep's job), print the verdict."""
     t0 = time.perf_counter()
     spec = Spec.from_config(cfg)
     arch = spec.architecture
@@ -64,7 +66,7 @@ def execute(
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
     result = api.compute(cfg, spec, progress=bool(cfg.get("progress", True)) and echo)
-    api.write(result, out, command=command)
+    api.write(result, out, command=command, multirun=multirun)
 
     wall = time.perf_counter() - t0
     for line in result.verdict():
@@ -104,7 +106,8 @@ def _sweep_job(cfg: DictConfig, hc: DictConfig, command: str) -> dict:
         torch.set_num_threads(n)
     invocation = sweep.invocation_of(hc.sweep.dir)
     threads = f"{torch.get_num_threads()} ({why})"
-    return sweep.run_job(cfg, hc.runtime.output_dir, execute=execute, overrides=list(hc.overrides.task),
+    job = functools.partial(execute, multirun=True)  # plot=auto: no per-job figure
+    return sweep.run_job(cfg, hc.runtime.output_dir, execute=job, overrides=list(hc.overrides.task),
                          command=command, invocation=invocation, threads=threads)
 
 

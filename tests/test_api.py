@@ -164,3 +164,25 @@ def test_both_bindings_of_harness_run(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok 1"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_auto_draws_single_runs_not_sweep_jobs(tmp_path):
+    """plot=auto (the default): a single run (CLI or Result.save) writes variance.png, a sweep's
+    job (execute(multirun=True), SweepResult.save) does not; plot=true forces it, a bad value
+    is a one-line ConfigError before anything runs."""
+    cfg = compose_config([*TINY, "progress=false"])
+    assert cfg.plot == "auto"
+    execute(cfg, tmp_path / "single", echo=False)
+    execute(cfg, tmp_path / "job", echo=False, multirun=True)
+    execute(compose_config([*TINY, "progress=false", "plot=true"]), tmp_path / "forced", echo=False,
+            multirun=True)
+    assert (tmp_path / "single" / "variance.png").is_file()
+    assert not (tmp_path / "job" / "variance.png").exists()
+    assert (tmp_path / "job" / "metrics.parquet").is_file()
+    assert (tmp_path / "forced" / "variance.png").is_file()
+    s = harness.sweep({"depth": [2, 3]}, width=8, batch=4, replicates=2)
+    s.save(tmp_path / "sweep")
+    assert not list((tmp_path / "sweep").rglob("variance.png"))
+    assert len(list((tmp_path / "sweep").rglob("metrics.parquet"))) == 2
+    with pytest.raises(ConfigError, match="plot='maybe'; allowed: auto, true, false"):
+        harness.run(*TINY, plot="maybe")

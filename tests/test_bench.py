@@ -12,7 +12,7 @@ import torch
 
 from harness.archs import conv
 from harness.archs.mlp import propagate
-from harness.bench import QUICK_GRID, naive_measure, naive_networks, workload
+from harness.bench import QUICK_GRID, naive_measure, naive_networks, startup, workload
 from harness.sim import reference
 from tests.conftest import small_spec
 
@@ -95,6 +95,24 @@ def test_bench_quick_end_to_end(run_cli, tmp_path):
     assert (df["speedup"] > 0).all() and (df["roofline_frac"] > 0).all()
     assert (tmp_path / "b" / "bench.png").is_file()
     assert "speedup" in res.stdout
+    whole = pd.read_parquet(tmp_path / "b" / "whole_run.parquet").iloc[0]
+    # the parts of a whole run are inside it; naive / whole is the ratio the table prints
+    assert 0 < whole["measure_s"] and 0 < whole["beyond_s"] < whole["whole_s"]
+    assert whole["naive_over_whole"] == pytest.approx(whole["naive_s"] / whole["whole_s"])
+    assert "naive / whole run" in res.stdout and "beyond measure" in res.stdout
+
+
+def test_startup_times_fresh_interpreters_against_the_first():
+    """startup(): best wall time per command, the gap over the first; a failing command is an
+    error, not a time."""
+    st = startup(1, [("pass", ["-c", "pass"]), ("sleep", ["-c", "import time; time.sleep(0.3)"])])
+    assert list(st["command"]) == ["pass", "sleep"]
+    # a process that sleeps 0.3 s takes at least that; the gaps are over the first command's
+    # time (the two start-ups' noise under load can exceed 0.3 s, so no bound on the gap itself)
+    assert st["wall_s"].iloc[1] >= 0.3
+    assert list(st["gap_s"]) == list(st["wall_s"] - st["wall_s"].iloc[0])
+    with pytest.raises(RuntimeError, match="failed"):
+        startup(1, [("bad", ["-c", "raise SystemExit(3)"])])
 
 
 def test_bench_bad_device_is_one_line(run_cli):

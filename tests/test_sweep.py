@@ -66,7 +66,8 @@ def files(root: Path) -> dict[Path, bytes]:
 def basic_sweep(tmp_path_factory) -> tuple[Path, CliResult]:
     """depth=2,3 × act=relu,tanh with Hydra's basic launcher."""
     root = tmp_path_factory.mktemp("basic")
-    res = harness_run("--multirun", "depth=2,3", "act=relu,tanh", *SMALL,
+    # plot left at its default (auto): a sweep's jobs write no figure
+    res = harness_run("--multirun", "depth=2,3", "act=relu,tanh", *(a for a in SMALL if a != "plot=false"),
                       f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
     return root / "sweep", res
 
@@ -81,6 +82,7 @@ def test_basic_sweep_layout_status_and_summary(basic_sweep):
         s = status(sweep_dir / name)
         assert s["state"] == "done" and s["message"] == "" and s["wall_s"] >= 0
         assert s["threads"].endswith("(basic launcher: one job at a time)")
+        assert not (sweep_dir / name / "variance.png").exists()  # plot=auto in a sweep
     summary = json.loads((sweep_dir / "sweep.json").read_text())
     assert (summary["jobs"], summary["done"], summary["failed"], summary["skipped"]) == (4, 4, 0, 0)
     assert summary["command"].startswith("python -m harness.run --multirun depth=2,3 act=relu,tanh")

@@ -23,14 +23,33 @@ drifts by tens of percent within seconds, and a roofline from limits measured at
 would be off by as much. Every time is the best of at least `--repeat` runs and `--min-time`
 seconds.
 The table is printed and written (with a figure) to `--out` (default results/bench/<time>/).
+
+Two more tables put the runner in the whole of what a user waits for:
+
+- whole run (`whole_run`): one configuration (default R=64 networks, depth 50, width 64,
+  batch 64, kaiming + relu) timed in-process as `python -m harness.run` runs it
+  (`harness.api.compute` + `harness.api.write`: measure, theory, frame, band, files, figure)
+  beside `measure` alone and the naive loop, interleaved in one loop so that all three see the
+  same load; it reports naive / whole (target ≥ 5×) and everything beyond `measure` (the whole
+  run's time less its own measurement; target ≤ 0.25 s), with the parts: theory and frame,
+  files, figure;
+- start-up (`startup`): fresh interpreters, interleaved: `import torch`, `import harness.run`,
+  a trivial CLI run (depth 1, width 64, batch 1, 1 replicate) with and without its figure; the
+  gap over `import torch` (target ≤ 1.5 s for the trivial run).
+
+Each table carries the 1-minute load average (`os.getloadavg`) at its end: on a shared machine a
+time means little without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,10 +62,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from harness import api
 from harness.cli import ArgumentParser, compose_config
 from harness.core.init import init_
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import DEVICES, DTYPES, ConfigError, Spec
+from harness.outputs import plots
+from harness.outputs.results import write_parquet
 from harness.sim import reference, workspace
 from harness.sim.runner import measure
 
@@ -68,6 +90,19 @@ DEFAULT_GRID = [
 ]
 QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2),
               ("resmlp", 5, 32, 16, 4), ("resconv", 2, 4, 4, 2)]
+#: the whole-run configuration (R=64 networks, depth 50, width 64, batch 64, kaiming + relu) and
+#: a small one for --quick
+WHOLE_RUN = ["depth=50", "width=64", "batch=64", "replicates=64", "act=relu", "scheme=kaiming"]
+WHOLE_RUN_QUICK = ["depth=10", "width=32", "batch=16", "replicates=8", "act=relu", "scheme=kaiming"]
+#: the start-up commands: (label, python arguments); {out} is a scratch folder
+TRIVIAL_RUN = ["-m", "harness.run", "depth=1", "width=64", "batch=1", "replicates=1",
+               "progress=false", "hydra.run.dir={out}"]
+STARTUP = [
+    ("import torch", ["-c", "import torch"]),
+    ("import harness.run", ["-c", "import harness.run"]),
+    ("trivial run", TRIVIAL_RUN),
+    ("trivial run, plot=false", [*TRIVIAL_RUN, "plot=false"]),
+]
 #: the grid's keys of its own per architecture
 ARCH_KEYS = {"conv": ["kernel=3", "image=16"], "resconv": ["kernel=3", "image=16"]}
 
@@ -401,6 +436,95 @@ def figure(df: pd.DataFrame):
     return fig
 
 
+# ---- the whole run and start-up ---------------------------------------------------------------
+def load_average() -> float:
+    """The 1-minute load average (nan where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return math.nan
+
+
+def whole_run(overrides: list[str], repeat: int = 3, naive: bool = True) -> dict[str, object]:
+    """One configuration as `python -m harness.run` runs it, in-process, beside `measure` and
+    the naive loop: each of `repeat` rounds times measure(spec), then the whole run
+    (api.compute + api.write into a scratch folder, its figure included), then the naive loop;
+    the best of each is kept (after one untimed round). beyond_s is the least over rounds of the
+    whole run's time less its own measurement's; theory_s (compute less measure), write_s
+    (files and figure) and figure_s (the figure alone: build + savefig) are the parts."""
+    cfg = compose_config([*overrides, "progress=false"])
+    spec = Spec.from_config(cfg)
+    best = dict.fromkeys(("measure_s", "whole_s", "beyond_s", "theory_s", "write_s", "figure_s",
+                          "naive_s"), math.inf)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat + 1):
+            t = time.perf_counter()
+            measure(spec, progress=False)
+            t_measure = time.perf_counter() - t
+            t = time.perf_counter()
+            result = api.compute(cfg, spec)
+            t_compute = time.perf_counter() - t
+            api.write(result, tmp)
+            t_whole = time.perf_counter() - t
+            t = time.perf_counter()
+            fig = result.plot()
+            fig.savefig(io.BytesIO(), format="png", dpi=120)
+            t_figure = time.perf_counter() - t
+            plots.plt.close(fig)
+            t_naive = math.nan
+            if naive:
+                t = time.perf_counter()
+                naive_measure(spec)
+                t_naive = time.perf_counter() - t
+            if i == 0:
+                continue  # warm-up
+            m = result.measurement.wall_s
+            for key, v in (("measure_s", t_measure), ("whole_s", t_whole), ("beyond_s", t_whole - m),
+                           ("theory_s", t_compute - m), ("write_s", t_whole - t_compute),
+                           ("figure_s", t_figure), ("naive_s", t_naive)):
+                best[key] = min(best[key], v)
+    return {"config": " ".join(overrides), "device": spec.device, **best,
+            "naive_over_whole": best["naive_s"] / best["whole_s"],
+            "naive_over_measure": best["naive_s"] / best["measure_s"], "load": load_average()}
+
+
+def startup(repeat: int = 3, commands: list[tuple[str, list[str]]] | None = None) -> pd.DataFrame:
+    """Wall time of fresh interpreters (`sys.executable` with each command's arguments), the
+    commands interleaved `repeat` times, best of each; gap_s is the time over the first
+    command's (`import torch` by default). A failing command raises RuntimeError."""
+    commands = STARTUP if commands is None else commands
+    best = {label: math.inf for label, _ in commands}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat):
+            for label, args in commands:
+                argv = [sys.executable, *(a.format(out=tmp) for a in args)]
+                t = time.perf_counter()
+                done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
+                dt = time.perf_counter() - t
+                if done.returncode != 0:
+                    raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
+                best[label] = min(best[label], dt)
+    base = best[commands[0][0]]
+    return pd.DataFrame({"command": list(best), "wall_s": list(best.values()),
+                         "gap_s": [v - base for v in best.values()], "load": load_average()})
+
+
+def format_whole(row: dict[str, object]) -> str:
+    """The whole-run table, one line per step."""
+    lines = [f"whole run ({row['config']}; {row['device']}; load {row['load']:.2f}):",
+             "  step                      s      ",
+             f"  measure alone          {row['measure_s']:7.3f}",
+             f"  whole run              {row['whole_s']:7.3f}   (compute + write)",
+             f"    beyond measure       {row['beyond_s']:7.3f}   (target ≤ 0.25)",
+             f"    theory and frame     {row['theory_s']:7.3f}",
+             f"    files and figure     {row['write_s']:7.3f}",
+             f"    figure alone         {row['figure_s']:7.3f}",
+             f"  naive loop             {row['naive_s']:7.3f}",
+             f"  naive / whole run      {row['naive_over_whole']:7.1f}×  (target ≥ 5×)",
+             f"  naive / measure        {row['naive_over_measure']:7.1f}×"]
+    return "\n".join(lines)
+
+
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Spec]]:
     """The command line, checked, and the Specs of its grid; a bad one exits 2 with one line
     (`harness.cli.ArgumentParser`): --repeat an integer in [1, 50], --min-time a finite number
@@ -415,6 +539,10 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Spec]
                     help="and more, up to 50, until this many seconds are spent timing it "
                          "(default 3; 0 with --quick)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    ap.add_argument("--no-grid", action="store_true", help="skip the grid of configurations")
+    ap.add_argument("--no-whole-run", action="store_true", help="skip the whole-run table")
+    ap.add_argument("--startup", type=int, default=None, metavar="N",
+                    help="time start-up N times (default 3; 0 skips it, as --quick does)")
     ap.add_argument("--out", default=None, help="output folder (default results/bench/<time>)")
     args = ap.parse_args(argv)
     if not 1 <= args.repeat <= MAX_REPEAT:
@@ -448,28 +576,47 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Spec]
 
 def main(argv: list[str] | None = None) -> None:
     args, specs = parse(argv)
-    device, dtype = specs[0].device, specs[0].torch_dtype
-    print(f"machine: {torch.get_num_threads()} threads on {device} ({args.dtype}); the limits are "
-          f"probed between the harness's timings of each configuration")
-    probe = LimitProbe(device, dtype)
-    rows = []
-    for spec in specs:
-        r = bench_config(spec, probe, args.repeat, naive=not args.no_naive, min_time=args.min_time)
-        rows.append(r)
-        print(f"  depth {r['depth']:>3} width {r['width']:>4} batch {r['batch']:>3} replicates "
-              f"{r['replicates']:>2}: harness {r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
-              f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%} (matmul "
-              f"{r['peak_flops'] / 1e9:.0f} GFLOP/s, RNG {r['rng_rate'] / 1e6:.0f} M/s)", flush=True)
-    df = pd.DataFrame(rows)
-    print(format_table(df))
     out = Path(args.out or Path("results") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     out.mkdir(parents=True, exist_ok=True)
-    from harness.outputs.results import write_parquet
-
-    write_parquet(df, out / "bench.parquet", {"argv": sys.argv})
-    fig = figure(df)
-    fig.savefig(out / "bench.png", dpi=110)
-    print(f"written: {out / 'bench.parquet'}, {out / 'bench.png'}")
+    device, dtype = specs[0].device, specs[0].torch_dtype
+    written = []
+    if not args.no_grid:
+        print(f"machine: {torch.get_num_threads()} threads on {device} ({args.dtype}); the limits "
+              f"are probed between the harness's timings of each configuration")
+        probe = LimitProbe(device, dtype)
+        rows = []
+        for spec in specs:
+            r = bench_config(spec, probe, args.repeat, naive=not args.no_naive,
+                             min_time=args.min_time)
+            rows.append(r)
+            print(f"  depth {r['depth']:>3} width {r['width']:>4} batch {r['batch']:>3} replicates "
+                  f"{r['replicates']:>2}: harness {r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
+                  f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%} (matmul "
+                  f"{r['peak_flops'] / 1e9:.0f} GFLOP/s, RNG {r['rng_rate'] / 1e6:.0f} M/s)",
+                  flush=True)
+        df = pd.DataFrame(rows).assign(load=load_average())
+        print(format_table(df))
+        print(f"load average {df['load'].iloc[0]:.2f}")
+        write_parquet(df, out / "bench.parquet", {"argv": sys.argv})
+        fig = figure(df)
+        fig.savefig(out / "bench.png", dpi=110)
+        written += [out / "bench.parquet", out / "bench.png"]
+    if not args.no_whole_run:
+        overrides = [*(WHOLE_RUN_QUICK if args.quick else WHOLE_RUN), f"device={args.device}",
+                     f"dtype={args.dtype}"]
+        row = whole_run(overrides, repeat=1 if args.quick else 3, naive=not args.no_naive)
+        print(format_whole(row), flush=True)
+        write_parquet(pd.DataFrame([row]), out / "whole_run.parquet", {"argv": sys.argv})
+        written.append(out / "whole_run.parquet")
+    n_startup = (0 if args.quick else 3) if args.startup is None else args.startup
+    if n_startup > 0:
+        st = startup(n_startup)
+        print(f"start-up (fresh interpreters, best of {n_startup}; load {st['load'].iloc[0]:.2f}; "
+              "target: trivial run ≤ import torch + 1.5 s):")
+        print(st.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        write_parquet(st, out / "startup.parquet", {"argv": sys.argv})
+        written.append(out / "startup.parquet")
+    print("written: " + ", ".join(map(str, written)))
 
 
 if __name__ == "__main__":

@@ -134,6 +134,7 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(str(e))) from None
+    wants_plot(cfg.get("plot", "auto"), multirun=multirun)
     if not multirun:
         Spec.from_config(cfg)
     return cfg
@@ -195,6 +196,21 @@ def _check_keys(cfg: DictConfig, experiment: str | None) -> None:
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}: the harness would ignore it; "
                           f"the keys it reads: {', '.join(known)}")
+
+
+#: the values of the `plot` key
+PLOT_VALUES = ("auto", "true", "false")
+
+
+def wants_plot(value: object, *, multirun: bool) -> bool:
+    """Whether a run writes its figures: plot=true always, false never, auto (the default) for
+    a single run but not for a job of a --multirun sweep (`harness.report` draws the sweep).
+    ConfigError for any other value."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return not multirun
+    raise ConfigError(f"plot={value!r}; allowed: {', '.join(PLOT_VALUES)}")
 
 
 def _check_launcher(values: Sequence[str]) -> None:
