@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from harness import cli
 from harness.archs.base import POSITIONS as POSITION_MAPS  # the capability
 from harness.core.spec import ConfigError, Spec
-from harness.outputs import summary
+from harness.outputs import compare, summary
 from harness.outputs.results import (
     JACOBIAN,
     METADATA,
@@ -158,10 +158,8 @@ class SweepResult:
                          ignore_index=True)
 
     def table(self, k: float | None = None, alpha: float | None = None) -> pd.DataFrame:
-        """The report's agreement table (`harness.report.compare.agreement`): one row per run,
+        """The report's agreement table (`harness.outputs.compare.agreement`): one row per run,
         disagreements first; k standard errors (default: Bonferroni's at family-wise rate α)."""
-        from harness.report import compare  # the report package draws with matplotlib
-
         return compare.agreement(self.frame, k, alpha=compare.ALPHA if alpha is None else alpha)
 
     def save(self, directory: str | Path) -> Path:

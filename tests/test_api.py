@@ -17,8 +17,7 @@ import harness
 from harness import api, load
 from harness.cli import compose_config, precheck
 from harness.core.spec import ConfigError
-from harness.outputs import plots
-from harness.report import compare
+from harness.outputs import compare, plots
 from harness.run import execute
 from tests.conftest import REPO
 

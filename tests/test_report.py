@@ -15,7 +15,7 @@ import pytest
 
 from harness import report
 from harness.cli import compose_config, sweep
-from harness.report import compare
+from harness.outputs import compare
 from harness.report import figures as report_plots
 from harness.run import execute
 from tests.conftest import CliResult, run_module

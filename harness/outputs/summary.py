@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from harness.core.spec import ALL_QUANTITIES
+from harness.outputs import compare
 from harness.outputs.results import landmarks
-from harness.report import compare
 
 
 def numeric_events(df: pd.DataFrame) -> list[str]:
@@ -31,7 +31,7 @@ def numeric_events(df: pd.DataFrame) -> list[str]:
 
 def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
     """Per quantity: the last layer's replicate mean ± standard error, theory, their ratio and the
-    replicates' median over theory; the worst severity over layers (`harness.report.compare.kind`:
+    replicates' median over theory; the worst severity over layers (`harness.outputs.compare.kind`:
     |log10(mean/theory)| for positive quantities, |mean − theory| for signed ones such as the
     correlation); how many layers agree within k standard errors. Then a `heavy tail:` line per
     quantity whose mean is carried by a few replicates (`compare.layer_stats`' `dominated`), and

@@ -4,7 +4,7 @@ a sweep, or any folder of runs.
 Writes `report.html` (figures embedded as base64 PNGs, no external resources: it opens offline)
 and the same figures as PNG files beside it, by default into `PATH/report/`. The report holds a
 triage block (runs per class, the worst runs with one-line reasons, which swept keys explain the
-disagreements; the rules are `harness.report.compare`'s), the configuration (long values
+disagreements; the rules are `harness.outputs.compare`'s), the configuration (long values
 summarised), the sweep summary (done / skipped / failed jobs and their errors), the agreement table
 (by class, then severity; sortable and filterable by a short inline script), per-layer variance
 figures faceted by the swept keys (mean, median, range, theory), heatmaps over two swept keys of
@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from harness.cli import ArgumentParser, sweep
+from harness.outputs import compare
 from harness.outputs.results import (
     METADATA,
     METRICS,
@@ -37,7 +38,6 @@ from harness.outputs.results import (
     load,
     versions,
 )
-from harness.report import compare
 from harness.report import figures as report_plots
 
 MAX_PAGES = 12  #: at most this many figures per kind (one per combination of the extra keys)

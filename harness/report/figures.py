@@ -21,8 +21,8 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from harness.outputs import compare  # noqa: E402
 from harness.outputs.plots import LABELS  # noqa: E402
-from harness.report import compare  # noqa: E402
 
 
 def _label(keys: Sequence[str], values: Sequence[object]) -> str:
