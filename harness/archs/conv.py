@@ -358,6 +358,7 @@ class Conv(Architecture):
     all_quantities = QUANTITIES
     # ∂loss/∂W^l[o, i, t] = Σ_p δ^l_o(p) x^{l-1}_i(p + t) sums over positions
     weight_grad_is_outer_product = False
+    memory_keys = ("depth", "width (or widths: channels)", "batch", "image")
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """`config_keys`."""

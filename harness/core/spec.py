@@ -24,6 +24,7 @@ from harness.core.validate import integer as _int
 from harness.core.validate import is_int as _is_int
 from harness.core.validate import is_number as _is_number
 from harness.core.validate import number as _float
+from harness.sim import memory
 
 __all__ = ["ALL_QUANTITIES", "DEVICES", "DTYPES", "ConfigError", "Spec"]
 
@@ -247,7 +248,7 @@ class Spec:
         _ask(inits.scheme(scheme_name).check_widths, widths)  # delta_orthogonal: C_in ≤ C_out
         jacobian = _jacobian(cfg, arch, batch)
 
-        return cls(
+        spec = cls(
             arch=arch.name,
             depth=depth,
             widths=widths,
@@ -273,6 +274,8 @@ class Spec:
             input_corr=float(input_corr),
             jacobian=jacobian,
         )
+        memory.preflight(spec)  # one replicate must fit the budget and the device: else one line
+        return spec
 
 
 # ---- helpers ------------------------------------------------------------------------------

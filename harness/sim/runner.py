@@ -25,9 +25,10 @@ from harness.archs.base import POSITION
 from harness.core.init import draw_, iid_form, init_
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import Spec
-from harness.sim import lsuv, workspace
+from harness.sim import lsuv, memory, workspace
 from harness.sim.inputs import Generators, inputs_, streams
 from harness.sim.inputs import fill as fill_streams
+from harness.sim.regen import RegeneratedWeights
 from harness.sim.workspace import Workspace
 
 
@@ -57,9 +58,9 @@ def bytes_per_replicate(spec: Spec) -> int:
 
 
 def chunk_size(spec: Spec) -> int:
-    """Replicates per chunk so that one chunk stays under spec.memory_budget_mb (at least 1)."""
-    budget = spec.memory_budget_mb * 2**20
-    return max(1, min(spec.replicates, int(budget // bytes_per_replicate(spec))))
+    """Replicates per chunk so that one chunk stays under spec.memory_budget_mb (at least 1),
+    on the path `harness.sim.memory.plan` chooses."""
+    return memory.plan(spec).chunk
 
 
 @functools.cache
@@ -144,7 +145,8 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
     The chunks' tensors come from this thread's `harness.sim.workspace` (kept for the next run;
     `harness.sim.workspace.release()` frees it)."""
     start = time.perf_counter()
-    size = chunk_size(spec)
+    plan = memory.plan(spec)
+    size = plan.chunk
     n_chunks = math.ceil(spec.replicates / size)
     parts: list[dict[str, torch.Tensor]] = []
     bar = None
@@ -158,6 +160,14 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
         generator = replicate_generators(spec, c * size, r)
+        if plan.recompute:  # low-memory path (harness.sim.memory): the same numbers
+            assert plan.segment is not None
+            lazy = RegeneratedWeights(spec, r, generator, plan.segment, ws)
+            parts.append(arch.propagate_recompute(spec, lazy, lazy.biases, lazy.x0, lazy.cotangent,
+                                                  plan.segment, tick=bar.update if bar else None,
+                                                  workspace=ws))
+            del lazy
+            continue
         weights, biases, x0, cot = sample_chunk(spec, r, generator, ws)
         if scheme_entry(spec.scheme).calibrates_on_data:  # lsuv: rescale on a fresh batch
             calibrations.append(arch.calibrate(spec, weights, biases, generator))
