@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from harness.archs import mlp
 from harness.cli import compose_config
@@ -16,7 +17,7 @@ from harness.core.spec import ConfigError
 from harness.run import execute
 from harness.sim import memory
 from harness.sim.regen import RegeneratedWeights
-from harness.sim.runner import bytes_per_replicate, measure, replicate_generators
+from harness.sim.runner import BAR_FORMAT, bytes_per_replicate, measure, replicate_generators
 from tests.conftest import small_spec
 
 HUGE = ["width=100000", "depth=3", "replicates=2", "batch=4"]
@@ -99,3 +100,24 @@ def test_low_memory_bytes_grow_like_the_square_root_of_depth():
 def test_no_low_memory_path_says_why():
     with pytest.raises(ConfigError, match="no low-memory path: jacobian"):
         small_spec("depth=400", "width=128", "batch=8", "jacobian=2", "memory_budget_mb=1")
+
+
+def test_progress_bar_shows_layers_per_second_and_eta():
+    line = tqdm.format_meter(30, 100, 1.5, prefix="layers", unit="layer", bar_format=BAR_FORMAT)
+    assert "30/100 layer passes" in line and "ETA 00:03" in line and "20.00layer/s" in line
+
+
+def test_ctrl_c_during_a_run_leaves_no_result(tmp_path, monkeypatch):
+    """A KeyboardInterrupt in the middle of the measurement: nothing of the run is written (the
+    files are written after it, each atomically, metrics.parquet last)."""
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlp.ARCH, "propagate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute(compose_config(["depth=3", "width=8", "batch=4", "replicates=2", "plot=false",
+                                "progress=false"]), tmp_path / "run", echo=False)
+    assert calls and not (tmp_path / "run").exists()

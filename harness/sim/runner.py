@@ -31,6 +31,10 @@ from harness.sim.inputs import fill as fill_streams
 from harness.sim.regen import RegeneratedWeights
 from harness.sim.workspace import Workspace
 
+#: the progress bar: layer passes done of all, elapsed, ETA, layers per second
+BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} layer passes "
+              "[{elapsed} elapsed, ETA {remaining}, {rate_fmt}]")
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -153,7 +157,9 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False)
+        # one step per layer and pass (forward, backward) of each chunk: layers/s and the ETA
+        bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False,
+                   bar_format=BAR_FORMAT)
     arch = spec.architecture
     ws = workspace.current()  # this thread's buffers, reused from run to run
     calibrations, spectra = [], []
