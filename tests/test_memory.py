@@ -11,6 +11,7 @@ import pytest
 from tqdm import tqdm
 
 from harness.archs import mlp
+from harness.bench import memory as bench_memory
 from harness.cli import compose_config
 from harness.cli import sweep as sweep_jobs
 from harness.core.spec import ConfigError
@@ -121,3 +122,9 @@ def test_ctrl_c_during_a_run_leaves_no_result(tmp_path, monkeypatch):
         execute(compose_config(["depth=3", "width=8", "batch=4", "replicates=2", "plot=false",
                                 "progress=false"]), tmp_path / "run", echo=False)
     assert calls and not (tmp_path / "run").exists()
+
+
+def test_memory_benchmark_quick_row(capsys):
+    bench_memory.main(["--quick", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "low-memory" in out and "bitwise equal: True" in out
