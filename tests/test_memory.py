@@ -128,3 +128,27 @@ def test_memory_benchmark_quick_row(capsys):
     bench_memory.main(["--quick", "--repeat", "1"])
     out = capsys.readouterr().out
     assert "low-memory" in out and "bitwise equal: True" in out
+
+
+CONV_CASES = [
+    ("arch=conv", "depth=7", "width=3", "image=6", "batch=2", "act=tanh", "bias_std=0.2"),
+    ("arch=conv", "depth=6", "width=4", "image=5", "batch=3", "act=relu", "conv_dim=1",
+     "padding_mode=circular"),
+    ("arch=conv", "depth=5", "width=4", "image=5", "batch=2", "act=gelu",
+     "scheme=delta_orthogonal"),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("segment", [1, 2, 3, 100])
+def test_conv_checkpointed_regenerated_path_equals_stored_path_bitwise(case, segment):
+    spec = small_spec(*case, "replicates=2")
+    stored = measure(spec, progress=False)
+    lazy = RegeneratedWeights(spec, 2, replicate_generators(spec, 0, 2), segment)
+    got = spec.architecture.propagate_recompute(spec, lazy, lazy.biases, lazy.x0, lazy.cotangent,
+                                                segment)
+    for q, v in stored.values.items():
+        np.testing.assert_array_equal(got[q].double().numpy(), v, err_msg=q)
+    for q, v in stored.positions.items():
+        np.testing.assert_array_equal(got["position:" + q].double().numpy().reshape(v.shape), v,
+                                      err_msg=q)
