@@ -70,6 +70,7 @@ from harness.archs.base import CRITICALITY, POSITION, POSITIONS, Architecture, T
 from harness.core import validate
 from harness.core.activations import Activation
 from harness.core.validate import ConfigError
+from harness.sim import regen
 from harness.sim.workspace import Workspace
 
 if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
@@ -190,7 +191,7 @@ def propagate(
     L = len(weights)
     R, B, C0, *S = x0.shape
     P = math.prod(S)
-    shapes = [tuple(w) for w in getattr(weights, "shapes", [W.shape[1:] for W in weights])]
+    shapes = regen.shapes(weights)
     if max_elements is None:
         max_elements = 2 * B * R * P * max(max(w[:2]) for w in shapes)
     k = L if segment is None else max(1, segment)

@@ -40,7 +40,7 @@ from harness.archs.base import (
     Tick,
 )
 from harness.core.activations import Activation
-from harness.sim import dense, jacobian, lsuv
+from harness.sim import dense, jacobian, lsuv, regen
 from harness.sim.workspace import Workspace
 from harness.theory import meanfield
 
@@ -173,7 +173,7 @@ def propagate_recompute(
     """
     L, k = len(weights), max(1, segment)
     R, B = x0.shape[:2]
-    shapes = [tuple(s) for s in getattr(weights, "shapes", [W.shape[1:] for W in weights])]
+    shapes = regen.shapes(weights)
     stat = dict(
         forward=x0.new_empty(R, L),
         activation=x0.new_empty(R, L - 1),

@@ -73,6 +73,13 @@ def why_not(spec: Spec) -> str:
     return ""
 
 
+def shapes(weights: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
+    """One member's shape per layer, without drawing a RegeneratedWeights."""
+    if isinstance(weights, RegeneratedWeights):
+        return weights.shapes
+    return [tuple(W.shape[1:]) for W in weights]
+
+
 def _floor(x: int) -> int:
     return x - x % BLOCK
 
