@@ -71,12 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dtype", default="float32", help="float32 | float64")
     ap.add_argument("--quick", action="store_true", help="one small configuration")
+    ap.add_argument("--config", action="append", default=None, metavar="DEPTH,WIDTH,BATCH,R",
+                    help="an MLP configuration instead of the grid (repeatable)")
     ap.add_argument("--repeat", type=int, default=3, help="timings per path (the best counts)")
     ap.add_argument("--out", default=None, help="write memory.parquet into this folder")
     args = ap.parse_args(argv)
+    grid = QUICK_GRID if args.quick else GRID
     try:
-        pairs = [specs(*c, args.device, args.dtype) for c in (QUICK_GRID if args.quick else GRID)]
-    except ConfigError as e:
+        if args.config:
+            grid = [tuple(int(v) for v in c.split(",")) for c in args.config]
+            if any(len(c) != 4 for c in grid):
+                raise ConfigError(f"--config takes DEPTH,WIDTH,BATCH,REPLICATES; got {args.config}")
+        pairs = [specs(*c, args.device, args.dtype) for c in grid]
+    except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"machine: {torch.get_num_threads()} threads on {pairs[0][0].device} ({args.dtype})")
