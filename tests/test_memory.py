@@ -15,6 +15,7 @@ from harness.bench import memory as bench_memory
 from harness.cli import compose_config
 from harness.cli import sweep as sweep_jobs
 from harness.core.spec import ConfigError
+from harness.outputs import results
 from harness.run import execute
 from harness.sim import memory
 from harness.sim.regen import RegeneratedWeights
@@ -91,8 +92,8 @@ def test_a_run_over_budget_takes_the_low_memory_path_with_the_same_numbers():
 def test_low_memory_bytes_grow_like_the_square_root_of_depth():
     """The stored path's bytes grow ∝ L; the low-memory path's best ∝ √L (checkpoints ⌈L/k⌉
     and one segment of k layers): 100× the depth is ~10× the bytes, not 100×."""
-    a = small_spec("depth=100", "width=256", "batch=64")
-    b = small_spec("depth=10000", "width=256", "batch=64")
+    a = small_spec("depth=100", "width=256", "batch=64", "replicates=1")
+    b = small_spec("depth=10000", "width=256", "batch=64", "replicates=1")
     ratio = memory.best_segment(b)[1] / memory.best_segment(a)[1]
     assert 5 < ratio < 20
     assert mlp.bytes_per_replicate(b) / mlp.bytes_per_replicate(a) > 90
@@ -152,3 +153,15 @@ def test_conv_checkpointed_regenerated_path_equals_stored_path_bitwise(case, seg
     for q, v in stored.positions.items():
         np.testing.assert_array_equal(got["position:" + q].double().numpy().reshape(v.shape), v,
                                       err_msg=q)
+
+
+def test_a_results_frame_too_large_for_the_machine_is_refused_before_measuring():
+    """Each of the frame's rows repeats the widths string: depth 10,000 × 16 replicates × 5
+    quantities rows of a 40 KB string is ~60 GiB; at 2 replicates (~7.5 GiB) it is not refused
+    on a machine with 20 GiB. Spec.from_config (and measure) are not refused: the frame is the
+    outputs' (harness.outputs.results.check_frame, called by the CLI precheck and api.compute)."""
+    small = small_spec("depth=10000", "width=256", "batch=64", "replicates=2")
+    big = small_spec("depth=10000", "width=256", "batch=64", "replicates=16")
+    results.check_frame(small, available=20 * 2**30)
+    with pytest.raises(ConfigError, match=r"results frame of this run needs about .* GiB"):
+        results.check_frame(big, available=20 * 2**30)

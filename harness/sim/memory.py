@@ -10,26 +10,24 @@ the budget allows.
 
 `preflight` (called by `Spec.from_config`, so before anything is written) stops a run whose ONE
 replicate does not fit the budget or the device's available memory, with a one-line
-`ConfigError`: how much it needs, how much is available, which keys reduce it.
+`ConfigError`: how much it needs, how much is available, which keys reduce it. (The results
+frame's size is the outputs' check: `harness.outputs.results.check_frame`.)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from harness.core.resources import available_bytes, size
 from harness.core.validate import ConfigError
 from harness.sim import regen
 
 if TYPE_CHECKING:  # type hints only: Spec calls preflight
     from harness.core.spec import Spec
-
-MEMINFO = Path("/proc/meminfo")
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -72,30 +70,6 @@ def plan(spec: Spec) -> Plan:
     return Plan(recompute, segment, need, chunk)
 
 
-def available_bytes(device: str) -> int | None:
-    """Memory the run may still take: CUDA's free device memory (torch.cuda.mem_get_info), or
-    on the CPU /proc/meminfo's MemAvailable; None where neither can be read."""
-    if device.startswith("cuda"):
-        try:
-            return int(torch.cuda.mem_get_info(torch.device(device))[0])
-        except (RuntimeError, AssertionError):
-            return None
-    try:
-        for line in MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def preflight(spec: Spec, available: int | None = None) -> Plan:
     """The run's `plan`; ConfigError (one line) if one replicate needs more than the budget or
     than the device's available memory (`available`, default `available_bytes`)."""
@@ -106,15 +80,15 @@ def preflight(spec: Spec, available: int | None = None) -> Plan:
     if not (over_budget or over_free):
         return p
     arch = spec.architecture
-    have = [f"memory_budget_mb={spec.memory_budget_mb:g} allows {_size(_budget(spec))}"]
+    have = [f"memory_budget_mb={spec.memory_budget_mb:g} allows {size(_budget(spec))}"]
     if free is not None:
-        have.append(f"{spec.device} has {_size(free)} available")
+        have.append(f"{spec.device} has {size(free)} available")
     keys = ", ".join(arch.memory_keys)
     raise_hint = "" if over_free else " (or raise memory_budget_mb)"
     why = regen.why_not(spec)
     low = (f"; no low-memory path: {why}" if why and arch.recompute_bytes(spec, 1) is not None
            else " even with weights regenerated and activations recomputed" if p.recompute else "")
     raise ConfigError(
-        f"one replicate of this run needs {_size(p.bytes)}{low}, but {' and '.join(have)}; "
+        f"one replicate of this run needs {size(p.bytes)}{low}, but {' and '.join(have)}; "
         f"reduce {keys}{raise_hint}"
     )
