@@ -47,6 +47,7 @@ from harness.outputs.results import (
     METRICS,
     POSITIONS,
     atomic_write_bytes,
+    check_frame,
     positions_frame,
     run_metadata,
     spectrum_frame,
@@ -178,6 +179,7 @@ def compute(cfg: DictConfig, spec: Spec | None = None, *, progress: bool = False
     realized weight variances), the tidy frame, criticality, the finite-width band of the forward
     moment and its coverage, and the notes. `spec` defaults to Spec.from_config(cfg)."""
     spec = Spec.from_config(cfg) if spec is None else spec
+    check_frame(spec)  # the tidy frame must fit the machine's memory: refuse before measuring
     m = measure(spec, progress=progress)
     theory_var_w = m.info.get("weight_variances")  # lsuv: its mean-field gains
     predicted = predict(spec, theory_var_w)

@@ -24,7 +24,7 @@ from harness.core.activations import get
 from harness.outputs.results import JACOBIAN
 from harness.run import execute
 from harness.sim import jacobian
-from harness.sim.runner import measure, sample_chunk
+from harness.sim.runner import bytes_per_replicate, measure, sample_chunk
 from harness.theory.meanfield import predict
 from tests.conftest import expect_one_line_error, small_spec
 
@@ -140,7 +140,8 @@ def test_relu_gaussian_mean_squared_singular_value_is_exact_at_any_width():
 def test_jacobian_is_the_same_whatever_the_chunking():
     base = ("act=tanh", "depth=5", "width=16", "batch=3", "jacobian=2", "replicates=5")
     whole = measure(small_spec(*base), progress=False)
-    chunked = measure(small_spec(*base, "memory_budget_mb=0.01"), progress=False)
+    budget = 1.5 * bytes_per_replicate(small_spec(*base)) / 2**20  # chunks of one replicate
+    chunked = measure(small_spec(*base, f"memory_budget_mb={budget}"), progress=False)
     assert chunked.chunk_size < whole.chunk_size
     for q in jacobian.QUANTITIES:
         np.testing.assert_array_equal(whole.values[q], chunked.values[q])

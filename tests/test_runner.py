@@ -9,7 +9,7 @@ import torch
 from harness.archs.mlp import propagate
 from harness.core import activations
 from harness.sim import reference
-from harness.sim.runner import chunk_size, measure, sample_chunk
+from harness.sim.runner import bytes_per_replicate, chunk_size, measure, sample_chunk
 from tests.conftest import small_spec
 
 
@@ -104,7 +104,8 @@ def test_replicate_r_is_the_same_network_whatever_the_chunking_threads_or_count(
     base = ("depth=5", "width=24", "batch=6", "bias_std=0.1", "dtype=float64", "act=tanh")
     whole = measure(small_spec(*base, "replicates=5"), progress=False)
     assert whole.chunk_size == 5
-    chunked = measure(small_spec(*base, "replicates=5", "memory_budget_mb=0.01"), progress=False)
+    budget = 1.5 * bytes_per_replicate(small_spec(*base, "replicates=5")) / 2**20  # chunks of 1
+    chunked = measure(small_spec(*base, "replicates=5", f"memory_budget_mb={budget}"), progress=False)
     assert chunked.chunk_size < 5
     fewer = measure(small_spec(*base, "replicates=3"), progress=False)
     threads = torch.get_num_threads()

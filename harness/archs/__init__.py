@@ -21,7 +21,11 @@ How to add an architecture
    - `propagate(spec, weights, biases, x0, cotangent, tick=, workspace=)`: the batched forward
      and written-out backward of a chunk of R members, per-replicate (R, L) statistics (the
      generic driver `harness.sim.runner.measure` draws the weights, seeds, chunks and joins);
-   - `bytes_per_replicate(spec)`, for the chunking under memory_budget_mb;
+   - `bytes_per_replicate(spec)`, for the chunking under memory_budget_mb and the memory
+     preflight (`harness.sim.memory`), and `memory_keys`, the keys whose smaller values reduce
+     it (its one-line error names them); optionally a low-memory path, `recompute_bytes(spec, k)`
+     and `propagate_recompute(…, k)` (activations checkpointed every k layers and recomputed,
+     weights that may be regenerated: `harness.sim.regen`), bitwise `propagate`'s numbers;
    - `predict(spec, weight_variances)`: the mean-field prediction of every quantity (reuse the
      recursions of `harness.theory` that apply);
    - `layer(spec, n_in, n_out, bias=, device=, dtype=)`: one layer as the plain torch module,

@@ -74,6 +74,9 @@ class Architecture(ABC):
     #: the config groups whose keys it reads (e.g. "residual": residual.alpha, …); a key of a
     #: group no architecture of the run reads is rejected when set (not None)
     groups: tuple[str, ...] = ()
+    #: the config keys whose smaller values make one replicate need less memory (named by the
+    #: memory preflight's error, `harness.sim.memory.preflight`)
+    memory_keys: tuple[str, ...] = ("depth", "width (or widths)", "batch")
 
     # ---- configuration ------------------------------------------------------------------
     @abstractmethod
@@ -150,6 +153,31 @@ class Architecture(ABC):
     def bytes_per_replicate(self, spec: Spec) -> int:
         """Peak bytes one replicate of a chunk needs (the runner's chunking divides the memory
         budget by it)."""
+
+    def recompute_bytes(self, spec: Spec, segment: int) -> int | None:
+        """Peak bytes one replicate needs on the low-memory path (`propagate_recompute` with
+        weights regenerated from the streams and activations checkpointed every `segment`
+        layers); None if the architecture has no such path (the default)."""
+        return None
+
+    def propagate_recompute(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+        cotangent: torch.Tensor,
+        segment: int,
+        *,
+        tick: Tick | None = None,
+        workspace: Workspace | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`propagate` with O(depth/segment + segment) saved activations: only every
+        `segment`-th layer's are kept in the forward pass, the others recomputed segment by
+        segment in the backward pass; `weights` may be a `harness.sim.regen.RegeneratedWeights`
+        (read in ascending order forward and descending order backward). Bitwise the numbers
+        of `propagate`."""
+        raise NotImplementedError(f"arch={self.name} has no low-memory path")
 
     def jacobian(
         self,

@@ -70,6 +70,7 @@ from harness.archs.base import CRITICALITY, POSITION, POSITIONS, Architecture, T
 from harness.core import validate
 from harness.core.activations import Activation
 from harness.core.validate import ConfigError
+from harness.sim import regen
 from harness.sim.workspace import Workspace
 
 if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
@@ -165,6 +166,7 @@ def propagate(
     padding_mode: str,
     tick: Tick | None = None,
     max_elements: int | None = None,
+    segment: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward and backward through a stacked conv ensemble; per-replicate pooled moments.
 
@@ -173,6 +175,10 @@ def propagate(
         x0: inputs (R, B, C_0, *S).  cotangent: r = ∂loss/∂y, (R, B, C_L, *S).
         max_elements: bound on the weight-gradient chunk's elements; default two activations'
             worth, 2·B·R·max(C)·P (what `bytes_per_replicate` budgets).
+        segment: None keeps every layer's h for the backward pass; k keeps only those before
+            the segment starts 0, k, 2k, … and recomputes the others segment by segment in the
+            backward pass (the same operations: bitwise the same numbers). The weights are then
+            read one segment at a time (`harness.sim.regen.RegeneratedWeights`).
 
     Returns (R, L) tensors (activation: (R, L-1)) pooled over channels × positions × inputs:
         forward = mean (h^l)², activation = mean φ(h^l)² (l < L), backward = mean (δ^l)²,
@@ -185,8 +191,10 @@ def propagate(
     L = len(weights)
     R, B, C0, *S = x0.shape
     P = math.prod(S)
+    shapes = regen.shapes(weights)
     if max_elements is None:
-        max_elements = 2 * B * R * P * max(max(W.shape[1:3]) for W in weights)
+        max_elements = 2 * B * R * P * max(max(w[:2]) for w in shapes)
+    k = L if segment is None else max(1, segment)
     new = x0.new_empty
     stat = dict(
         forward=new(R, L),
@@ -198,7 +206,7 @@ def propagate(
     )
     pos_f, pos_b = new(R, L, P), new(R, L, P)
     x = x0.transpose(0, 1).reshape(B, R * C0, *S)
-    saved: list[torch.Tensor | None] = [x]  # x^0, then h^1 … h^{L-1}
+    saved: dict[int, torch.Tensor] = {0: x}  # x^0, then h^1 … h^{L-1} (with segments: some)
     for l, W in enumerate(weights):
         h = conv(x, W, padding_mode, None if biases is None else biases[l])  # (B, R·C_l, *S)
         hv = h.view(B, R, -1, P)
@@ -207,7 +215,8 @@ def propagate(
         stat["channel_mean_sq"][:, l] = mean.square().mean(-1)
         stat["channel_var"][:, l] = var.mean(-1)
         if l < L - 1:
-            saved.append(h)
+            if segment is None or (l + 1) % k == 0:
+                saved[l + 1] = h
             x = act.phi(h)
             stat["activation"][:, l] = x.view(B, R, -1).square().mean((0, 2))
         del h, hv
@@ -217,6 +226,14 @@ def propagate(
 
     delta = cotangent.transpose(0, 1).reshape(B, -1, *S)  # δ^L = r: the readout is linear
     for l in range(L - 1, -1, -1):
+        if segment is not None and (l % k == k - 1 or l == L - 1):  # the top of segment [c, l]
+            c = l - l % k
+            xr = saved[c] if c == 0 else act.phi(saved[c])
+            for j in range(c, l):  # recompute h of layers c … l-1 from the segment's input
+                h = conv(xr, weights[j], padding_mode, None if biases is None else biases[j])
+                saved[j + 1] = h
+                xr = act.phi(h)
+            del xr
         x_in = saved[0] if l == 0 else act.phi(saved[l])  # the layer's input x^{l-1}
         pos_b[:, l] = delta.view(B, R, -1, P).square().mean((0, 2))
         stat["weight_grad"][:, l] = weight_grad_sq(
@@ -225,7 +242,7 @@ def propagate(
         if l > 0:  # δ ⊙ φ'(h) by torch's fused kernel, from φ(h) = x_in or from h
             delta = act.backward_(conv_adjoint(delta, weights[l], padding_mode),
                                   x_in if act.saves_output else saved[l])
-            saved[l] = None  # h^{l} is no longer needed
+            del saved[l]  # h^{l} is no longer needed
         del x_in
         if tick is not None:
             tick()
@@ -256,6 +273,22 @@ def bytes_per_replicate(spec: Spec) -> int:
     saved = spec.batch * P * sum(spec.widths[:-1])
     working = 8 * spec.batch * P * max(spec.widths)
     return item * (weights + saved + working + 2 * spec.depth * P + 8 * spec.depth)
+
+
+def recompute_bytes(spec: Spec, segment: int) -> int:
+    """Peak bytes one replicate needs with checkpoints every k = `segment` layers: one segment
+    of regenerated weights, ⌈L/k⌉ checkpoints and k recomputed h's of B·P·max C, the working
+    activations, the biases and the per-position statistics, and one generator state (5056
+    bytes) per segment."""
+    item = torch.empty((), dtype=spec.torch_dtype).element_size()
+    k = max(1, segment)
+    P = math.prod(spec.spatial)
+    layer = max(math.prod(s) for s in spec.weight_shapes)
+    act = spec.batch * P * max(spec.widths)
+    segments = -(-spec.depth // k)
+    elements = (k * layer + (segments + k + 8) * act + sum(spec.widths[1:])
+                + 2 * spec.depth * P + 8 * spec.depth)
+    return item * elements + segments * 5056
 
 # ---- theory ----------------------------------------------------------------------------------
 
@@ -358,6 +391,7 @@ class Conv(Architecture):
     all_quantities = QUANTITIES
     # ∂loss/∂W^l[o, i, t] = Σ_p δ^l_o(p) x^{l-1}_i(p + t) sums over positions
     weight_grad_is_outer_product = False
+    memory_keys = ("depth", "width (or widths: channels)", "batch", "image")
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """`config_keys`."""
@@ -410,6 +444,26 @@ class Conv(Architecture):
     def bytes_per_replicate(self, spec: Spec) -> int:
         """`bytes_per_replicate` (module function)."""
         return bytes_per_replicate(spec)
+
+    def recompute_bytes(self, spec: Spec, segment: int) -> int | None:
+        """`recompute_bytes` (module function)."""
+        return recompute_bytes(spec, segment)
+
+    def propagate_recompute(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+        cotangent: torch.Tensor,
+        segment: int,
+        *,
+        tick: Tick | None = None,
+        workspace: Workspace | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`propagate` (module function) with `segment`."""
+        return propagate(weights, biases, x0, cotangent, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
+                         tick=tick, segment=segment)
 
     def predict(
         self, spec: Spec, weight_variances: Sequence[float] | None = None

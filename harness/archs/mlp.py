@@ -41,7 +41,7 @@ from harness.archs.base import (
     Tick,
 )
 from harness.core.activations import Activation
-from harness.sim import dense, jacobian, lsuv
+from harness.sim import dense, jacobian, lsuv, regen
 from harness.sim.workspace import Workspace
 from harness.theory import meanfield
 
@@ -150,6 +150,105 @@ def propagate(
     return stat
 
 
+def propagate_recompute(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    cotangent: torch.Tensor,
+    act: Activation,
+    segment: int,
+    tick: Tick | None = None,
+    workspace: Workspace | None = None,
+) -> dict[str, torch.Tensor]:
+    """`propagate`'s statistics, bitwise, keeping only every `segment`-th saved activation.
+
+    The forward pass is `propagate`'s, except that of the saved x^l (or h^l, what φ's backward
+    reads) only the checkpoints l = c−1 before each segment start c = 0, k, 2k, … are kept. The
+    backward pass walks the segments from the last: the segment's last layer's step first
+    (its saved activation is the next segment's checkpoint), then it recomputes the rest of the
+    segment's saved activations from its own checkpoint with the same operations (dense.forward,
+    φ in place) and runs `propagate`'s backward steps δ^l = φ'(h^l) ⊙ δ^{l+1} W^{l+1} through
+    them. Saved activations: ⌈L/k⌉ + k of (R, B, n) instead of L − 1. The weights are read one
+    segment at a time (ascending forward; backward W^e, then segment [c, e)), so a
+    `harness.sim.regen.RegeneratedWeights` draws each segment once per pass.
+    """
+    L, k = len(weights), max(1, segment)
+    R, B = x0.shape[:2]
+    shapes = regen.shapes(weights)
+    stat = dict(
+        forward=x0.new_empty(R, L),
+        activation=x0.new_empty(R, L - 1),
+        backward=x0.new_empty(R, L),
+        weight_grad=x0.new_empty(R, L),
+    )
+    if B >= 2:
+        stat["correlation"] = x0.new_empty(R, L)
+    x_sq: list[torch.Tensor] = []
+    n_max = max(s[0] for s in shapes)
+    ws = workspace if workspace is not None else Workspace()
+    buf = [ws.take(f"h{i}", (R * B * n_max,), x0.dtype, x0.device) for i in (0, 1)]
+
+    def slot(i: int, n: int) -> torch.Tensor:
+        return buf[i % 2][: R * B * n].view(R, B, n)
+
+    def out(l: int, n: int) -> torch.Tensor:  # checkpoints before each segment start, else two
+        if l == L - 1:                         # buffers in turn
+            return slot(l, n)
+        if (l + 1) % k == 0:
+            return ws.take(f"saved{(l + 1) // k}", (R, B, n), x0.dtype, x0.device)
+        return ws.take(f"fwd{l % 2}", (R, B, n), x0.dtype, x0.device)
+
+    ckpt: dict[int, torch.Tensor] = {}  # segment start c > 0 -> saved form of layer c-1
+    h_prev = x0
+    for layer in dense.forward(weights, biases, x0, act, out=out, in_place=True):
+        l, h = layer.index, layer.h
+        xs = _mean_sq_rows(layer.x)
+        x_sq.append(xs)
+        if l > 0:
+            stat["activation"][:, l - 1] = xs.mean(-1)
+            if l % k == 0:
+                ckpt[l] = layer.x if act.saves_output else h_prev
+        sq_norm = torch.linalg.vector_norm(h, dim=-1).square()
+        stat["forward"][:, l] = sq_norm.mean(-1) / h.shape[-1]
+        if "correlation" in stat:
+            stat["correlation"][:, l] = mean_cosine(h, sq_norm)
+        h_prev = h
+        if tick is not None:
+            tick()
+    delta = cotangent
+
+    def step(l: int, saved: torch.Tensor | None) -> None:  # propagate's backward step at l
+        nonlocal delta
+        if l < L - 1:
+            o = slot(l, shapes[l + 1][1])
+            delta = torch.bmm(delta, weights[l + 1], out=o)
+            act.backward_(delta, saved)
+        d_sq = _mean_sq_rows(delta)
+        stat["backward"][:, l] = d_sq.mean(-1)
+        stat["weight_grad"][:, l] = (d_sq * x_sq[l]).mean(-1)
+        if tick is not None:
+            tick()
+
+    for c in reversed(range(0, L, k)):
+        e = min(c + k, L)
+        # first the segment's last layer (W^e belongs to the next segment, its checkpoint is
+        # kept), then the recomputed rest: the weights are read one segment at a time
+        step(e - 1, ckpt.get(e))
+        if e - 1 == c:
+            continue
+        x_in = x0 if c == 0 else (ckpt[c] if act.saves_output else act.phi(ckpt[c]))
+        saved: list[torch.Tensor] = []
+        for layer in dense.forward(weights[c : e - 1], None if biases is None else biases[c : e - 1],
+                                   x_in, act, in_place=True,
+                                   out=lambda i, n: ws.take(f"re{i}", (R, B, n), x0.dtype, x0.device)):
+            saved.append(layer.h)
+        if act.saves_output:
+            act.phi_(saved[-1])  # dense.forward leaves the last layer's φ to its caller
+        for l in range(e - 2, c - 1, -1):
+            step(l, saved[l - c])
+    return stat
+
+
 def _mean_sq_rows(t: torch.Tensor) -> torch.Tensor:
     """mean over the last dim of t², in one pass without a t-sized temporary: (R, B)."""
     return torch.linalg.vector_norm(t, dim=-1).square_().div_(t.shape[-1])
@@ -166,6 +265,21 @@ def bytes_per_replicate(spec: Spec) -> int:
     return item * (weights + saved + working + (spec.depth + 1) * spec.batch) + jac
 
 
+def recompute_bytes(spec: Spec, segment: int) -> int:
+    """Peak bytes one replicate needs on the low-memory path with checkpoints every k =
+    `segment` layers: one segment of regenerated weights (k·max n_l·n_{l-1}, which the walk
+    over the streams shares), ⌈L/k⌉ checkpoints and k recomputed activations of B·max n, the biases, the
+    inputs and cotangents, and the generator states (5056 bytes each, one per segment)."""
+    item = torch.empty((), dtype=spec.torch_dtype).element_size()
+    k = max(1, segment)
+    layer = max(math.prod(s) for s in spec.weight_shapes)
+    act = spec.batch * max(spec.widths)
+    segments = -(-spec.depth // k)
+    elements = (k * layer + (segments + k + 6) * act + sum(spec.widths[1:])
+                + (spec.depth + 1) * spec.batch)
+    return item * elements + segments * 5056
+
+
 class MLP(Architecture):
     """arch=mlp (module doc)."""
 
@@ -175,6 +289,7 @@ class MLP(Architecture):
     keys: Mapping[str, str] = {}
     all_quantities = (*QUANTITIES, *jacobian.QUANTITIES)
     weight_grad_is_outer_product = True
+    memory_keys = ("depth", "width (or widths)", "batch", "jacobian")
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """No keys of its own (the conv keys in a config are ignored)."""
@@ -203,6 +318,26 @@ class MLP(Architecture):
     def bytes_per_replicate(self, spec: Spec) -> int:
         """`bytes_per_replicate` (module function)."""
         return bytes_per_replicate(spec)
+
+    def recompute_bytes(self, spec: Spec, segment: int) -> int | None:
+        """`recompute_bytes` (module function)."""
+        return recompute_bytes(spec, segment)
+
+    def propagate_recompute(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+        cotangent: torch.Tensor,
+        segment: int,
+        *,
+        tick: Tick | None = None,
+        workspace: Workspace | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`propagate_recompute` (module function) with the run's activation."""
+        return propagate_recompute(weights, biases, x0, cotangent, spec.activation, segment,
+                                   tick, workspace)
 
     def jacobian(
         self,

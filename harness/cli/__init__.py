@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.cli import experiments, launchers
 from harness.core.spec import ConfigError, Spec
+from harness.outputs import results
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 LAUNCHER = "launcher"  #: the config group choosing the --multirun launcher (conf/launcher/)
@@ -136,7 +137,7 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
         raise ConfigError(_one_line(str(e))) from None
     wants_plot(cfg.get("plot", "auto"), multirun=multirun)
     if not multirun:
-        Spec.from_config(cfg)
+        results.check_frame(Spec.from_config(cfg))  # and its results fit the machine's memory
     return cfg
 
 

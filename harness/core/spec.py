@@ -25,6 +25,7 @@ from harness.core.validate import integer as _int
 from harness.core.validate import is_int as _is_int
 from harness.core.validate import is_number as _is_number
 from harness.core.validate import number as _float
+from harness.sim import memory
 
 __all__ = ["ALL_QUANTITIES", "DEVICES", "DTYPES", "ConfigError", "Spec"]
 
@@ -306,6 +307,7 @@ class Spec:
             ws=ws,
         )
         _ask(inits.scheme(scheme_name).check_branches, arch.branch_depth(spec))  # fixup: m ≥ 2
+        memory.preflight(spec)  # one replicate must fit the budget and the device: else one line
         return spec
 
 

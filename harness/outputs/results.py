@@ -30,7 +30,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from harness import archs
-from harness.core.spec import Spec
+from harness.core import resources
+from harness.core.spec import ConfigError, Spec
 
 METRICS = "metrics.parquet"
 METADATA = "metadata.json"
@@ -117,6 +118,28 @@ def landmarks(d: pd.DataFrame) -> dict[str, pd.Series | None]:
         }
     n = int(d["pos"].max()) + 1
     return {"centre": d["pos"] == n // 2, "edge": d["pos"] == 0, "corner": None}
+
+
+def frame_bytes(spec: Spec) -> int:
+    """About the bytes of the run's tidy frame (`to_frame`): replicates × layers × quantities
+    rows, each holding the config columns, among them the widths string (depth+1 numbers, stored
+    per row), and ~256 bytes of the others; counted twice (the parts and their concatenation)."""
+    rows = spec.replicates * spec.depth * len(spec.quantities)
+    return 2 * rows * (len(spec.columns()["widths"]) + 256)
+
+
+def check_frame(spec: Spec, available: int | None = None) -> None:
+    """ConfigError (one line) if the run's tidy frame would not fit the machine's available
+    memory (`available`, default /proc/meminfo's MemAvailable): checked before measuring."""
+    free = resources.available_bytes("cpu") if available is None else available
+    need = frame_bytes(spec)
+    if free is not None and need > free:
+        rows = spec.replicates * spec.depth * len(spec.quantities)
+        raise ConfigError(
+            f"the results frame of this run needs about {resources.size(need)} ({rows:,} rows, "
+            f"each repeating the {len(spec.columns()['widths']):,}-character widths column), but "
+            f"the machine has {resources.size(free)} available; reduce depth or replicates"
+        )
 
 
 def _with_config(df: pd.DataFrame, spec: Spec) -> list[str]:

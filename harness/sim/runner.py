@@ -25,10 +25,15 @@ from harness.archs.base import POSITION
 from harness.core.init import draw_, iid_form, init_
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import Spec
-from harness.sim import lsuv, workspace
+from harness.sim import lsuv, memory, workspace
 from harness.sim.inputs import Generators, inputs_, streams
 from harness.sim.inputs import fill as fill_streams
+from harness.sim.regen import RegeneratedWeights
 from harness.sim.workspace import Workspace
+
+#: the progress bar: layer passes done of all, elapsed, ETA, layers per second
+BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} layer passes "
+              "[{elapsed} elapsed, ETA {remaining}, {rate_fmt}]")
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,9 @@ def bytes_per_replicate(spec: Spec) -> int:
 
 
 def chunk_size(spec: Spec) -> int:
-    """Replicates per chunk so that one chunk stays under spec.memory_budget_mb (at least 1)."""
-    budget = spec.memory_budget_mb * 2**20
-    return max(1, min(spec.replicates, int(budget // bytes_per_replicate(spec))))
+    """Replicates per chunk so that one chunk stays under spec.memory_budget_mb (at least 1),
+    on the path `harness.sim.memory.plan` chooses."""
+    return memory.plan(spec).chunk
 
 
 @functools.cache
@@ -163,20 +168,31 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
     The chunks' tensors come from this thread's `harness.sim.workspace` (kept for the next run;
     `harness.sim.workspace.release()` frees it)."""
     start = time.perf_counter()
-    size = chunk_size(spec)
+    plan = memory.plan(spec)
+    size = plan.chunk
     n_chunks = math.ceil(spec.replicates / size)
     parts: list[dict[str, torch.Tensor]] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False)
+        # one step per layer and pass (forward, backward) of each chunk: layers/s and the ETA
+        bar = tqdm(total=2 * spec.depth * n_chunks, desc="layers", unit="layer", leave=False,
+                   bar_format=BAR_FORMAT)
     arch = spec.architecture
     ws = workspace.current()  # this thread's buffers, reused from run to run
     calibrations, spectra = [], []
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
         generator = replicate_generators(spec, c * size, r)
+        if plan.recompute:  # low-memory path (harness.sim.memory): the same numbers
+            assert plan.segment is not None
+            lazy = RegeneratedWeights(spec, r, generator, plan.segment, ws)
+            parts.append(arch.propagate_recompute(spec, lazy, lazy.biases, lazy.x0, lazy.cotangent,
+                                                  plan.segment, tick=bar.update if bar else None,
+                                                  workspace=ws))
+            del lazy
+            continue
         weights, biases, x0, cot = sample_chunk(spec, r, generator, ws)
         if scheme_entry(spec.scheme).calibrates_on_data:  # lsuv: rescale on a fresh batch
             calibrations.append(arch.calibrate(spec, weights, biases, generator))
