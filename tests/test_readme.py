@@ -195,4 +195,4 @@ def test_nothing_points_outside_the_repository():
                         for part in p.relative_to(REPO).parts)
             and outside.search(p.read_text(encoding="utf-8", errors="replace"))
             and p != Path(__file__).resolve()]
-    assert not hits, f"files citing ../shared or THEORY.md: {hits}"
+    assert not hits, f"files citing a folder outside the repository (shared/) or THEORY.md: {hits}"
