@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from tqdm import tqdm
 
@@ -156,12 +157,32 @@ def test_conv_checkpointed_regenerated_path_equals_stored_path_bitwise(case, seg
 
 
 def test_a_results_frame_too_large_for_the_machine_is_refused_before_measuring():
-    """Each of the frame's rows repeats the widths string: depth 10,000 × 16 replicates × 5
-    quantities rows of a 40 KB string is ~60 GiB; at 2 replicates (~7.5 GiB) it is not refused
-    on a machine with 20 GiB. Spec.from_config (and measure) are not refused: the frame is the
-    outputs' (harness.outputs.results.check_frame, called by the CLI precheck and api.compute)."""
-    small = small_spec("depth=10000", "width=256", "batch=64", "replicates=2")
-    big = small_spec("depth=10000", "width=256", "batch=64", "replicates=16")
-    results.check_frame(small, available=20 * 2**30)
-    with pytest.raises(ConfigError, match=r"results frame of this run needs about .* GiB"):
-        results.check_frame(big, available=20 * 2**30)
+    """The frame is ~512 bytes a row (results.frame_bytes): depth 10,000 × 16 replicates × 5
+    quantities is ~0.4 GiB, refused only on a machine with less available; Spec.from_config (and
+    measure) are not refused: the frame is the outputs' (harness.outputs.results.check_frame,
+    called by the CLI precheck and api.compute)."""
+    spec = small_spec("depth=10000", "width=256", "batch=64", "replicates=16")
+    need = results.frame_bytes(spec)
+    results.check_frame(spec, available=need + 1)
+    with pytest.raises(ConfigError, match=r"results frame of this run needs about .* MiB"):
+        results.check_frame(spec, available=need - 1)
+
+
+def test_the_widths_column_is_one_category_in_memory_and_one_dictionary_value_on_disk(tmp_path):
+    """At depth 10,000 the widths string is ~50 KB: held per row it made the frame grow like
+    depth² (~60 GiB). It is a category in the frame, dictionary-encoded in parquet, and load
+    gives it back equal to the spec's string on every row."""
+    spec = small_spec("depth=3000", "width=256", "replicates=2")
+    measured = {q: np.ones((2, 3000)) for q in spec.quantities}
+    df = results.to_frame(spec, measured, {q: np.ones(3000) for q in spec.quantities})
+    text = spec.columns()["widths"]
+    assert isinstance(df["widths"].dtype, pd.CategoricalDtype)
+    assert list(df["widths"].cat.categories) == [text]
+    # per row, the string held on every row would be 12 KB (0.36 GB in all); the other ~32
+    # columns take ~300 bytes a row
+    assert df.memory_usage(deep=True).sum() < 1000 * len(df) + 10 * len(text)
+    results.write_parquet(df, tmp_path / "metrics.parquet")
+    assert (tmp_path / "metrics.parquet").stat().st_size < 10 * len(text) + 100 * len(df)
+    back = results.load(tmp_path)
+    assert (back["widths"].astype(object) == text).all()
+    pd.testing.assert_frame_equal(back.drop(columns="run_dir"), df, check_categorical=False)

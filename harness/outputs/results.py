@@ -44,6 +44,10 @@ NULLABLE = {"width": "Int64", **archs.column_dtypes()}
 #: tests only: "NAME:N" kills this process (SIGKILL) at its N-th atomic write of NAME, after the
 #: temporary file is written and before the rename, as an out-of-memory kill or a power cut would
 FAULT_ENV = "HARNESS_FAULT_KILL_BEFORE_RENAME"
+#: string columns held as pandas categoricals and stored dictionary-encoded in parquet (one copy
+#: of each distinct value): `widths` holds depth + 1 numbers on every row, so as plain strings
+#: the frame grows like depth² (about 60 GiB at depth 10,000 with 16 replicates)
+DICTIONARY_COLUMNS = ("widths",)
 _writes: dict[str, int] = {}
 
 
@@ -121,11 +125,10 @@ def landmarks(d: pd.DataFrame) -> dict[str, pd.Series | None]:
 
 
 def frame_bytes(spec: Spec) -> int:
-    """About the bytes of the run's tidy frame (`to_frame`): replicates × layers × quantities
-    rows, each holding the config columns, among them the widths string (depth+1 numbers, stored
-    per row), and ~256 bytes of the others; counted twice (the parts and their concatenation)."""
-    rows = spec.replicates * spec.depth * len(spec.quantities)
-    return 2 * rows * (len(spec.columns()["widths"]) + 256)
+    """About the bytes of the run's tidy frame (`to_frame`) while it is built and written:
+    replicates × layers × quantities rows of ~33 columns, measured at ~360 bytes a row at depth
+    10,000 (the `widths` string is held once, as a category), counted as 512 bytes a row."""
+    return 512 * spec.replicates * spec.depth * len(spec.quantities)
 
 
 def check_frame(spec: Spec, available: int | None = None) -> None:
@@ -136,9 +139,8 @@ def check_frame(spec: Spec, available: int | None = None) -> None:
     if free is not None and need > free:
         rows = spec.replicates * spec.depth * len(spec.quantities)
         raise ConfigError(
-            f"the results frame of this run needs about {resources.size(need)} ({rows:,} rows, "
-            f"each repeating the {len(spec.columns()['widths']):,}-character widths column), but "
-            f"the machine has {resources.size(free)} available; reduce depth or replicates"
+            f"the results frame of this run needs about {resources.size(need)} ({rows:,} rows), "
+            f"but the machine has {resources.size(free)} available; reduce depth or replicates"
         )
 
 
@@ -146,6 +148,10 @@ def _with_config(df: pd.DataFrame, spec: Spec) -> list[str]:
     """Add the run's config columns to df (in place, nullable dtypes); returns their names."""
     cols = spec.columns()
     for k, v in cols.items():
+        if k in DICTIONARY_COLUMNS:  # one category, every row's code 0: no per-row string copies
+            codes = np.zeros(len(df), np.int32)
+            df[k] = pd.Categorical.from_codes(codes, categories=pd.Index([v]))
+            continue
         # a scalar broadcasts (the same dtype as the list, ~10x faster); None without a nullable
         # dtype (object, not float) and a tuple go through a list
         data = [v] * len(df) if v is None or not pd.api.types.is_scalar(v) else v
@@ -234,9 +240,29 @@ def _fault_point(path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def dictionary_array(values: pd.Series) -> pa.DictionaryArray:
+    """`values` (strings or a categorical, maybe null) as an Arrow dictionary array: int32 codes
+    into the distinct values. A column of one string object on every row is found by identity
+    (str equality tests identity first) in O(rows), without hashing each row's long string."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes, uniques = values.cat.codes.to_numpy(), values.cat.categories
+    else:
+        vals = values.to_numpy(dtype=object)
+        if len(vals) and isinstance(vals[0], str) and bool((vals == vals[0]).all()):
+            return pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(vals), np.int32)),
+                                                  pa.array([vals[0]], pa.string()))
+        codes, uniques = pd.factorize(values)  # codes -1 = null
+    return pa.DictionaryArray.from_arrays(
+        pa.array(codes.astype(np.int32), mask=codes < 0), pa.array(list(uniques), pa.string()))
+
+
 def write_parquet(df: pd.DataFrame, path: Path, meta: Mapping[str, Any] | None = None) -> None:
-    """Write `df` atomically; `meta` is stored as JSON in the file's key-value metadata."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    """Write `df` atomically; `meta` is stored as JSON in the file's key-value metadata.
+    The `DICTIONARY_COLUMNS` are stored dictionary-encoded."""
+    dictionary = [c for c in df.columns if c in DICTIONARY_COLUMNS]
+    table = pa.Table.from_pandas(df.drop(columns=dictionary), preserve_index=False)
+    for c in dictionary:
+        table = table.add_column(list(df.columns).index(c), c, dictionary_array(df[c]))
     if meta is not None:
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), b"harness": json.dumps(meta, default=str).encode()}
@@ -321,6 +347,17 @@ class UnreadableResultsWarning(UserWarning):
     """`load` skipped metrics.parquet files it could not read (truncated, or not parquet)."""
 
 
+def _dictionary_columns(t: pa.Table) -> pa.Table:
+    """`t` with its DICTIONARY_COLUMNS dictionary<int32, string>, as written since they were
+    introduced (files written before hold them plain: encoded here so that tables concatenate)."""
+    for c in DICTIONARY_COLUMNS:
+        i = t.schema.get_field_index(c)
+        if i >= 0 and not pa.types.is_dictionary(t.schema.field(i).type):
+            col = t.column(i).cast(pa.string()).dictionary_encode()
+            t = t.set_column(i, c, col.cast(pa.dictionary(pa.int32(), pa.string())))
+    return t
+
+
 def load(path: str | os.PathLike[str]) -> pd.DataFrame:
     """All metrics under `path` as one DataFrame, with a `run_dir` column naming each run's folder.
 
@@ -347,6 +384,7 @@ def load(path: str | os.PathLike[str]) -> pd.DataFrame:
             unreadable.append(f)
             continue
         run_dir = str(Path(fragment.path).parent)
+        t = _dictionary_columns(t)
         tables.append(t.append_column("run_dir", pa.array([run_dir] * t.num_rows, pa.string())))
     if not tables:
         raise FileNotFoundError(f"no readable {METRICS} under {path}: {len(unreadable)} unreadable "
@@ -355,6 +393,6 @@ def load(path: str | os.PathLike[str]) -> pd.DataFrame:
         warnings.warn(f"skipped {len(unreadable)} unreadable {METRICS} (will be recomputed on "
                       f"resume): {', '.join(unreadable)}", UnreadableResultsWarning, stacklevel=2)
     table = pa.concat_tables(tables, promote_options="permissive")
-    frame = table.to_pandas()
+    frame = table.to_pandas()  # DICTIONARY_COLUMNS come back categorical
     frame.attrs["unreadable"] = unreadable
     return frame
