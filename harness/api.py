@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from harness.outputs.results import (
     write_parquet,
 )
 from harness.sim import jacobian, lsuv
+from harness.sim.chunks import CHUNKS
 from harness.sim.runner import Measurement, measure
 from harness.theory import criticality, finite_width
 from harness.theory.meanfield import predict
@@ -174,13 +176,15 @@ class SweepResult:
 
 # ---- the two halves of a run --------------------------------------------------------------
 def compute(cfg: DictConfig, spec: Spec | None = None, *, progress: bool = False,
-            overrides: Sequence[str] = ()) -> Result:
+            overrides: Sequence[str] = (), chunks_dir: str | Path | None = None) -> Result:
     """Measure and predict one composed config: measure(spec), predict(spec) (lsuv: at its
     realized weight variances), the tidy frame, criticality, the finite-width band of the forward
-    moment and its coverage, and the notes. `spec` defaults to Spec.from_config(cfg)."""
+    moment and its coverage, and the notes. `spec` defaults to Spec.from_config(cfg).
+    `chunks_dir`: stream each chunk of replicates there and reuse the ones already there
+    (`harness.sim.chunks`; `harness.run` uses its output folder's `chunks/`)."""
     spec = Spec.from_config(cfg) if spec is None else spec
     check_frame(spec)  # the tidy frame must fit the machine's memory: refuse before measuring
-    m = measure(spec, progress=progress)
+    m = measure(spec, progress=progress, chunks_dir=None if chunks_dir is None else Path(chunks_dir))
     theory_var_w = m.info.get("weight_variances")  # lsuv: its mean-field gains
     predicted = predict(spec, theory_var_w)
     df = to_frame(spec, m.values, predicted)
@@ -204,7 +208,8 @@ def write(result: Result, out_dir: str | Path, *, command: str | None = None,
     """Write a run's files into out_dir: config.yaml, metadata.json, variance.png (as the
     `plot` key says: true, false, or auto — on unless `multirun`, a job of a sweep), a conv
     run's positions.parquet and positions.png, jacobian.parquet (jacobian=k), and last,
-    atomically, metrics.parquet (which marks a complete run)."""
+    atomically, metrics.parquet (which marks a complete run); then the run's streamed chunks
+    (`chunks/`, `harness.sim.chunks`) are deleted."""
     out = Path(out_dir)
     meta = result.metadata(command)
     info = result.measurement.info
@@ -220,6 +225,7 @@ def write(result: Result, out_dir: str | Path, *, command: str | None = None,
     if "jacobian_spectrum" in info:
         write_parquet(spectrum_frame(result.spec, info["jacobian_spectrum"]), out / JACOBIAN, meta)
     write_parquet(result.frame, out / METRICS, meta)
+    shutil.rmtree(out / CHUNKS, ignore_errors=True)  # the streamed chunks: all in metrics now
 
 
 def _save_png(result: Result, kind: str, path: Path) -> None:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import api, cli
 from harness.cli import launchers, sweep
 from harness.core.spec import ConfigError, Spec
+from harness.sim.chunks import CHUNKS, stored
 
 
 class _CallableModule(types.ModuleType):
@@ -55,7 +56,11 @@ def execute(
     multirun: bool = False,
 ) -> RunResult:
     """Build the Spec, measure and predict (`harness.api.compute`), write every output to
-    `out_dir` (`harness.api.write`; `multirun`: as a sweep's job), print the verdict."""
+    `out_dir` (`harness.api.write`; `multirun`: as a sweep's job), print the verdict.
+
+    Each finished chunk of replicates is kept in `out_dir/chunks/` until the run completes, and
+    the chunks found there are not recomputed: a killed run rerun into the same folder resumes
+    (`harness.sim.chunks`)."""
     t0 = time.perf_counter()
     spec = Spec.from_config(cfg)
     arch = spec.architecture
@@ -65,7 +70,15 @@ def execute(
         f"{spec.replicates} replicates × {spec.batch} inputs on {spec.device} ({spec.dtype})")
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 
-    result = api.compute(cfg, spec, progress=bool(cfg.get("progress", True)) and echo)
+    kept = out / CHUNKS
+    try:
+        result = api.compute(cfg, spec, progress=bool(cfg.get("progress", True)) and echo,
+                             chunks_dir=kept)
+    except KeyboardInterrupt:
+        if stored(kept):
+            print(f"interrupted: {len(stored(kept))} finished chunk(s) of replicates kept in {kept}; "
+                  f"rerun with hydra.run.dir={out} to complete the rest", file=sys.stderr)
+        raise
     api.write(result, out, command=command, multirun=multirun)
 
     wall = time.perf_counter() - t0

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping
 from functools import cache
@@ -27,10 +25,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from harness import archs
 from harness.core import resources
+from harness.core.files import FAULT_ENV as FAULT_ENV  # re-exported: tests kill a write with it
+from harness.core.files import atomic_write_bytes, parquet_bytes
 from harness.core.spec import ConfigError, Spec
 
 METRICS = "metrics.parquet"
@@ -41,14 +40,10 @@ JACOBIAN = "jacobian.parquet"
 #: for the others, e.g. conv's for an MLP), with nullable dtypes so that frames of every kind of
 #: run concatenate
 NULLABLE = {"width": "Int64", **archs.column_dtypes()}
-#: tests only: "NAME:N" kills this process (SIGKILL) at its N-th atomic write of NAME, after the
-#: temporary file is written and before the rename, as an out-of-memory kill or a power cut would
-FAULT_ENV = "HARNESS_FAULT_KILL_BEFORE_RENAME"
 #: string columns held as pandas categoricals and stored dictionary-encoded in parquet (one copy
 #: of each distinct value): `widths` holds depth + 1 numbers on every row, so as plain strings
 #: the frame grows like depth² (about 60 GiB at depth 10,000 with 16 replicates)
 DICTIONARY_COLUMNS = ("widths",)
-_writes: dict[str, int] = {}
 
 
 def to_frame(
@@ -210,36 +205,6 @@ def spectrum_frame(spec: Spec, eigenvalues: np.ndarray) -> pd.DataFrame:
     return df[[*cols, "replicate", "input", "index", "value"]]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _fault_point(path)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fault_point(path: Path) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    name, _, nth = spec.partition(":")
-    if path.name == name:
-        _writes[name] = _writes.get(name, 0) + 1
-        if _writes[name] == int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def dictionary_array(values: pd.Series) -> pa.DictionaryArray:
     """`values` (strings or a categorical, maybe null) as an Arrow dictionary array: int32 codes
     into the distinct values. A column of one string object on every row is found by identity
@@ -267,9 +232,7 @@ def write_parquet(df: pd.DataFrame, path: Path, meta: Mapping[str, Any] | None =
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), b"harness": json.dumps(meta, default=str).encode()}
         )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    atomic_write_bytes(path, parquet_bytes(table))
 
 
 def write_json(obj: Mapping[str, Any], path: Path) -> None:

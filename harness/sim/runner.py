@@ -16,6 +16,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from harness.archs.base import POSITION
 from harness.core.init import draw_, iid_form, init_
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import Spec
-from harness.sim import lsuv, memory, workspace
+from harness.sim import chunks, lsuv, memory, workspace
 from harness.sim.inputs import Generators, inputs_, streams
 from harness.sim.inputs import fill as fill_streams
 from harness.sim.regen import RegeneratedWeights
@@ -162,11 +163,14 @@ def standardize_(W: torch.Tensor, gain: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure(spec: Spec, progress: bool = True) -> Measurement:
+def measure(spec: Spec, progress: bool = True, chunks_dir: Path | None = None) -> Measurement:
     """Run the whole ensemble of spec.replicates networks in chunks; statistics per replicate.
 
     The chunks' tensors come from this thread's `harness.sim.workspace` (kept for the next run;
-    `harness.sim.workspace.release()` frees it)."""
+    `harness.sim.workspace.release()` frees it). With `chunks_dir`, each finished chunk's
+    statistics are written there and a chunk already stored there by the same spec is read
+    instead of computed (`harness.sim.chunks`: a killed run resumes); schemes that calibrate on
+    data (lsuv) keep their calibration in memory only, so they do not stream."""
     start = time.perf_counter()
     plan = memory.plan(spec)
     size = plan.chunk
@@ -182,9 +186,20 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
     arch = spec.architecture
     ws = workspace.current()  # this thread's buffers, reused from run to run
     calibrations, spectra = [], []
+    calibrates = scheme_entry(spec.scheme).calibrates_on_data  # lsuv: rescale on a fresh batch
+    stream = chunks_dir if not calibrates else None
     for c in range(n_chunks):
         r = min(size, spec.replicates - c * size)
+        stored = chunks.load(stream, spec, c * size, r) if stream is not None else None
+        if stored is not None:  # finished by an earlier, killed process: the same numbers
+            parts.append(stored.stats)
+            if stored.spectrum is not None:
+                spectra.append(stored.spectrum)
+            if bar is not None:
+                bar.update(2 * spec.depth)
+            continue
         generator = replicate_generators(spec, c * size, r)
+        spectrum = None
         if plan.recompute:  # low-memory path (harness.sim.memory): the same numbers
             assert plan.segment is not None
             lazy = RegeneratedWeights(spec, r, generator, plan.segment, ws)
@@ -192,17 +207,21 @@ def measure(spec: Spec, progress: bool = True) -> Measurement:
                                                   plan.segment, tick=bar.update if bar else None,
                                                   workspace=ws))
             del lazy
-            continue
-        weights, biases, x0, cot = sample_chunk(spec, r, generator, ws)
-        if scheme_entry(spec.scheme).calibrates_on_data:  # lsuv: rescale on a fresh batch
-            calibrations.append(arch.calibrate(spec, weights, biases, generator))
-        parts.append(arch.propagate(spec, weights, biases, x0, cot,
-                                    tick=bar.update if bar else None, workspace=ws))
-        if spec.jacobian:
-            jac, eig = arch.jacobian(spec, weights, biases, x0[:, : spec.jacobian])
-            parts[-1].update(jac)
-            spectra.append(eig.to("cpu", torch.float64).numpy())
-        del weights, biases, x0, cot
+        else:
+            weights, biases, x0, cot = sample_chunk(spec, r, generator, ws)
+            if calibrates:
+                calibrations.append(arch.calibrate(spec, weights, biases, generator))
+            parts.append(arch.propagate(spec, weights, biases, x0, cot,
+                                        tick=bar.update if bar else None, workspace=ws))
+            if spec.jacobian:
+                jac, eig = arch.jacobian(spec, weights, biases, x0[:, : spec.jacobian])
+                parts[-1].update(jac)
+                spectrum = eig.to("cpu", torch.float64).numpy()
+                spectra.append(spectrum)
+            del weights, biases, x0, cot
+        if stream is not None:
+            parts[-1] = chunks.as_stats(parts[-1])
+            chunks.save(stream, spec, c * size, chunks.Chunk(parts[-1], spectrum))
     if bar is not None:
         bar.close()
     info: dict[str, Any] = {}
