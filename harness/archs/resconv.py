@@ -206,6 +206,10 @@ class ResConv(Architecture):
                               f"{keys['padding_mode']}")
         return keys
 
+    def limits(self, spec: Spec, capability: str) -> str:
+        """resmlp's reasons (`resmlp.REASONS`) for criticality and the finite-width band."""
+        return resmlp.REASONS.get(capability, "")
+
     def describe(self, spec: Spec) -> str:
         """conv's and resmlp's descriptions."""
         return conv.ARCH.describe(spec) + "," + resmlp.ARCH.describe(spec)
