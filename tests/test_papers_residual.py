@@ -21,6 +21,7 @@ from scipy import stats
 from harness import Spec, predict
 from harness.archs.resmlp import nf_gamma
 from harness.cli import compose_config
+from harness.cli.experiments import names
 from harness.core import activations
 from harness.papers import residual
 from harness.theory import hanin
@@ -158,3 +159,12 @@ def test_fixup2019(run_cli, tmp_path):
         assert abs(math.log(r["forward_last"] / r["input_var"])) <= t * r["forward_last_log_se"], r
         assert abs(r["weight_grad_2"] - r["theory_weight_grad_2"]) <= t * r["weight_grad_2_se"], r
         assert r["weight_grad_2"] > t * r["weight_grad_2_se"], r
+
+
+@pytest.mark.parametrize("name", ["desmith2020", "yang2017", "brock2021", "hanin_rolnick2018",
+                                  "fixup2019"])
+def test_residual_experiments_compose_from_anywhere(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config([f"experiment={name}", "replicates=3"])
+    assert name in names() and cfg.replicates == 3 and cfg.plot is False
+    Spec.from_config(cfg)  # every experiment's config is valid as it stands
