@@ -24,7 +24,9 @@ from harness.cli import compose_config
 from harness.cli.experiments import names
 from harness.core import activations
 from harness.papers import residual
+from harness.sim.runner import measure
 from harness.theory import hanin
+from tests.conftest import expect_one_line_error
 from tests.test_papers import ALPHA, pick, sweep, t_quantile
 
 
@@ -168,3 +170,20 @@ def test_residual_experiments_compose_from_anywhere(name, tmp_path, monkeypatch)
     cfg = compose_config([f"experiment={name}", "replicates=3"])
     assert name in names() and cfg.replicates == 3 and cfg.plot is False
     Spec.from_config(cfg)  # every experiment's config is valid as it stands
+
+
+def test_resconv_ws_needs_circular_padding_and_matches_theory(capsys):
+    """ws=true with zero padding is a one-line error; with circular padding the NF stream's
+    moment follows the centred recursion (1 + l·α² here) at every block within t·se."""
+    expect_one_line_error(["arch=resconv", "ws=true"], "needs padding_mode=circular", capsys)
+    R = 6
+    spec = Spec.from_config(compose_config([
+        "arch=resconv", "ws=true", "padding_mode=circular", "residual.nf=true", "residual.alpha=0.3",
+        "act=relu", "scheme=lecun_normal", "depth=5", "width=32", "image=6", "batch=4",
+        f"replicates={R}"]))
+    th = predict(spec)
+    np.testing.assert_allclose(th["forward"], 1 + 0.09 * np.arange(1, 6), rtol=1e-9)
+    F = measure(spec, progress=False).values["forward"]
+    t = float(stats.t.isf(ALPHA / (2 * 5), R - 1))
+    se = F.std(0, ddof=1) / math.sqrt(R)
+    assert (np.abs(F.mean(0) - th["forward"]) <= t * se).all(), (F.mean(0), th["forward"], se)
