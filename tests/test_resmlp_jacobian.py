@@ -82,9 +82,9 @@ def test_fixup_jacobian_is_the_identity():
 ])
 def test_mean_and_first_block_spread_match_theory(overrides):
     """m₁ at every block and the relative variance v at block 1 (where J = I + αA exactly has
-    the moments of the formula) within t·se; at later blocks v of nonlinear φ exceeds the
-    additive (free) composition — the branches' φ' correlate with the Jacobian so far — and is
-    only checked to lie above it."""
+    the moments of the formula) within t·se; after block 1 a nonlinear φ's v has no theory (NaN:
+    the branches' φ' correlate with the Jacobian so far) and the additive formula, computed here,
+    is exceeded by the measurement."""
     R, L = 8, 5
     spec = small_spec("arch=resmlp", f"depth={L}", "width=128", "batch=2", f"replicates={R}",
                       "jacobian=1", *overrides)
@@ -97,7 +97,10 @@ def test_mean_and_first_block_spread_match_theory(overrides):
     V = m.values["jacobian_rel_var"]
     se_v = V.std(0, ddof=1) / math.sqrt(R)
     assert abs(V[:, 0].mean() - th["jacobian_rel_var"][0]) <= t * se_v[0]
-    assert V[:, -1].mean() + t * se_v[-1] > th["jacobian_rel_var"][-1]
+    assert np.isnan(th["jacobian_rel_var"][1:]).all() and np.isnan(th["jacobian_var"][1:]).all()
+    additive = L * th["jacobian_rel_var"][0] if "sqrt" in str(overrides) else math.nan
+    if math.isfinite(additive):  # equal blocks (α/√L, relu): the free sum is L·v^1
+        assert V[:, -1].mean() - t * se_v[-1] > additive, (V[:, -1].mean(), additive)
 
 
 @pytest.mark.slow

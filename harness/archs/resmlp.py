@@ -285,8 +285,11 @@ def predict_jacobian(spec: Spec, q: np.ndarray, chi: np.ndarray, pre: np.ndarray
         jacobian_var           = (m₁^l)² v^l
 
     (one block J_l = I + α_l A_l: τ(J_lᵀJ_l) = 1 + x, τ((J_lᵀJ_l)²) = 1 + 4x + (1 + r) x², the
-    odd moments of A and τ(A²) vanishing at large width; blocks compose freely, so the
-    relative variances add). `pre` (L, m): z_j per block; q unused but for the shapes."""
+    odd moments of A and τ(A²) vanishing at large width; free blocks' relative variances add).
+    The sum is given where it holds: every block for a φ with constant φ' (linear), else up to
+    the first block that is not the identity (NaN after it: the branches' φ' correlate with the
+    Jacobian so far, and the measured spread grows faster). `pre` (L, m): z_j per block; q unused
+    but for the shapes."""
     act = spec.activation
     s1 = schemes.scheme(spec.scheme).spectral_s1
     x = alphas(spec) ** 2 * chi
@@ -297,6 +300,12 @@ def predict_jacobian(spec: Spec, q: np.ndarray, chi: np.ndarray, pre: np.ndarray
         block = np.where(x == 0.0, 0.0, (2 * x + r * x**2) / (1 + x) ** 2)
         mean = np.cumprod(1 + x)
         rel = np.cumsum(block)
+    # the sum needs the blocks free of each other: exact when φ' is constant (μ₂ = μ₁², the
+    # blocks I + αW_l), else only up to the first block that is not the identity (measured: a
+    # nonlinear φ's D_l correlates with J^{l-1} and the spread grows faster than the sum)
+    constant_slope = bool(np.all(np.abs(ratio[np.isfinite(ratio)] - 1.0) < 1e-9))
+    if not constant_slope:
+        rel = np.where(np.cumsum(x > 0) <= 1, rel, np.nan)
     return {"jacobian_mean": mean, "jacobian_var": mean**2 * rel, "jacobian_rel_var": rel}
 
 
