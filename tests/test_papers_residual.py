@@ -98,7 +98,7 @@ def test_brock2021(run_cli, tmp_path):
     average squared channel mean stays a fixed fraction of the variance; without ws that
     fraction grows."""
     R = 6
-    rows = sweep(run_cli, tmp_path, "brock2021", "depth=12", "width=32", "image=6", "batch=4",
+    rows = sweep(run_cli, tmp_path, "brock2021", "depth=10", "width=32", "image=5", "batch=4",
                  f"replicates={R}")
     rows = [r for r in rows if "ws" in r]  # the γ rows are checked below
     assert len(rows) == 2

@@ -73,10 +73,19 @@ def gamma_table() -> pd.DataFrame:
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
-def runs(df: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame, dict[str, Any]]]:
-    """(run_dir, the run's rows, its metadata) for every run of a sweep frame."""
+def runs(
+    df: pd.DataFrame, min_depth: int = 2, archs: tuple[str, ...] = ("resmlp", "resconv")
+) -> Iterator[tuple[str, pd.DataFrame, dict[str, Any]]]:
+    """(run_dir, the run's rows, its metadata) for every run of a sweep frame; ValueError for a
+    run of another architecture or shallower than `min_depth` (the fits need the layers)."""
     for run_dir, run in df.groupby("run_dir"):
-        yield str(run_dir), run, json.loads((Path(run_dir) / METADATA).read_text())
+        meta = json.loads((Path(run_dir) / METADATA).read_text())
+        spec = meta["spec"]
+        if spec["arch"] not in archs:
+            raise ValueError(f"{run_dir}: needs arch {' or '.join(archs)}, not {spec['arch']}")
+        if spec["depth"] < min_depth:
+            raise ValueError(f"{run_dir}: needs depth ≥ {min_depth}")
+        yield str(run_dir), run, meta
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
@@ -140,8 +149,6 @@ def desmith_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for run_dir, run, meta in runs(df):
         s = meta["spec"]
-        if s["arch"] not in ("resmlp", "resconv"):
-            raise ValueError(f"{run_dir}: needs a residual architecture (arch=resmlp)")
         F, tF = layer_matrix(run, "forward"), layer_matrix(run, "forward", "theory")[0]
         L = F.shape[1]
         a = s["residual_alpha"] / {"none": 1.0, "sqrt": math.sqrt(L), "linear": float(L)}[
@@ -208,7 +215,7 @@ def yang_table(df: pd.DataFrame) -> pd.DataFrame:
     asymptote); the backward's per-layer log rates over the first and the second half of the
     layers (exponential: equal; exp(c√l): the second smaller); plain chains' χ_1 and q*."""
     rows = []
-    for run_dir, run, meta in runs(df):
+    for run_dir, run, meta in runs(df, min_depth=4, archs=("mlp", "resmlp")):
         s, crit = meta["spec"], meta.get("criticality", {})
         if s["act"] != "tanh":
             raise ValueError(f"{run_dir}: needs act=tanh")
@@ -374,7 +381,7 @@ def hanin_rolnick_table(df: pd.DataFrame) -> pd.DataFrame:
     from the fourth moment (FM2); plain chains (arch=mlp runs in the same folder) with the
     exact variance of `harness.theory.hanin`."""
     rows = []
-    for run_dir, run, meta in runs(df):
+    for run_dir, run, meta in runs(df, min_depth=1, archs=("mlp", "resmlp")):
         s = meta["spec"]
         if s["act"] != "relu" or s["batch"] != 1 or s["bias_std"] > 0:
             raise ValueError(f"{run_dir}: needs relu, batch=1 and no bias")
@@ -383,6 +390,8 @@ def hanin_rolnick_table(df: pd.DataFrame) -> pd.DataFrame:
         with np.errstate(divide="ignore"):
             x = np.log(F[:, -1])
         x = x[np.isfinite(x)]
+        if len(x) < 2:
+            raise ValueError(f"{run_dir}: needs at least 2 networks with a finite output")
         m, m_se = mean_se(x)
         v = float(x.var(ddof=1))
         m4 = float(((x - x.mean()) ** 4).mean())
@@ -442,7 +451,7 @@ def fixup_table(df: pd.DataFrame) -> pd.DataFrame:
     replicate mean over blocks ± se against the mean field (last layer j = m: α_l² E[a_m²] > 0;
     the others exactly 0, their backward passes through the zero layer)."""
     rows = []
-    for run_dir, run, meta in runs(df):
+    for run_dir, run, meta in runs(df, min_depth=1):
         s = meta["spec"]
         if s["scheme"] != "fixup":
             raise ValueError(f"{run_dir}: needs scheme=fixup")
