@@ -344,8 +344,9 @@ def brock_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def brock_figure(df: pd.DataFrame, rows: pd.DataFrame):
     """Brock et al.'s signal-propagation plot: per block, the average channel variance (left,
-    with 1 + l·α² dotted and mean field dashed) and the average squared channel mean (right,
-    log y), replicate means ± se, one colour per run."""
+    circles ± se) and the stream's mean square (crosses; = variance + squared channel mean) with
+    1 + l·α² dotted and its mean field dashed, and the average squared channel mean (right, log
+    y), replicate means, one colour per run."""
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), constrained_layout=True)
     for i, r in enumerate(rows.itertuples()):
         run = df[df["run_dir"] == r.run_dir]
@@ -355,14 +356,16 @@ def brock_figure(df: pd.DataFrame, rows: pd.DataFrame):
         col = f"C{i % 10}"
         R = len(V)
         axes[0].errorbar(layers, V.mean(0), yerr=V.std(0, ddof=1) / math.sqrt(R), fmt="o", ms=3,
-                         color=col, label=f"{r.label}: slope {r.forward_slope:.4g}/block")
+                         color=col, label=f"{r.label}: channel variance")
+        axes[0].plot(layers, F.mean(0), "x", ms=4, color=col,
+                     label=f"mean (x^l)², slope {r.forward_slope:.4g}/block")
         axes[0].plot(layers, tF, "--", lw=0.9, color=col)
         axes[1].errorbar(layers, M.mean(0), yerr=M.std(0, ddof=1) / math.sqrt(R), fmt="o", ms=3,
                          color=col, label=r.label)
     r0 = rows.iloc[0]
     layers = np.arange(1, int(r0["depth"]) + 1)
     axes[0].plot(layers, 1 + layers * r0["alpha2"], ":", color="0.2", lw=1.2, label="1 + l·α²")
-    axes[0].set_ylabel("average channel variance of the stream")
+    axes[0].set_ylabel("stream: channel variance (o), mean square (x)")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("average squared channel mean of the stream")
     for ax in axes:
@@ -498,7 +501,7 @@ def fixup_figure(df: pd.DataFrame, rows: pd.DataFrame):
     axes[0].set_ylabel("stream moment mean $(x^l)^2$")
     axes[0].set_ylim(0.5, 1.5)
     axes[1].set_yscale("symlog", linthresh=1e-4)
-    axes[1].set_ylabel("weight-gradient moment (symlog; 0 exactly for layer 1)")
+    axes[1].set_ylabel("weight-gradient moment (symlog)")
     for ax in axes:
         ax.set_xlabel("block l / L")
         ax.grid(alpha=0.3, which="both", lw=0.4)
