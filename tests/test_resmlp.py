@@ -249,7 +249,7 @@ def test_ws_standardizes_rows_and_theory_removes_the_mean():
     p = predict(spec)
     var1 = 0.5 - 1 / (2 * math.pi)
     assert p["branch"][0] == pytest.approx(2 * var1 * 2 * var1, rel=1e-9)
-    with pytest.raises(ConfigError, match="ws is implemented for arch=mlp, arch=resmlp only"):
+    with pytest.raises(ConfigError, match="ws is implemented for arch=mlp, arch=resmlp, arch=resconv only"):
         small_spec("arch=conv", "ws=true")
 
 

@@ -85,12 +85,14 @@ def labels(capability: str) -> str:
 
 
 def why_not(spec: Any, capability: str) -> str:
-    """"" where the run's architecture supports `capability` for this run, else the reason:
-    "defined for MLPs (arch=mlp) only", or the entry's own (`Architecture.limits`)."""
+    """"" where the run's architecture supports `capability` for this run, else the reason: the
+    entry's own (`Architecture.limits`, e.g. why a residual stream has no fixed point), or
+    "defined for MLPs (arch=mlp) only"."""
     entry = get(spec.arch)
+    own = entry.limits(spec, capability)
     if capability not in entry.capabilities:
-        return f"defined for {labels(capability)} ({names(capability)}) only"
-    return entry.limits(spec, capability)
+        return own or f"defined for {labels(capability)} ({names(capability)}) only"
+    return own
 
 
 def column_dtypes() -> dict[str, str]:

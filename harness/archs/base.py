@@ -84,7 +84,9 @@ class Architecture(ABC):
         """Its own keys of a config, validated (ConfigError), as Spec fields: {key: value}."""
 
     def limits(self, spec: Spec, capability: str) -> str:
-        """Why a capability it supports does not apply to this run ("" if it does)."""
+        """Why a capability it supports does not apply to this run ("" if it does); for an
+        annotation it does not support, optionally its own reason (else `harness.archs.why_not`
+        names the architectures that do)."""
         return ""
 
     def row_columns(self, spec: Spec, quantity: str, n: int) -> dict[str, np.ndarray]:

@@ -40,10 +40,12 @@ import torch
 from torch import nn
 
 from harness.archs import conv, resmlp
-from harness.archs.base import POSITION, POSITIONS, Architecture, Tick
+from harness.archs.base import POSITION, POSITIONS, WS, Architecture, Tick
 from harness.core import schemes
 from harness.core.activations import Activation
+from harness.core.validate import ConfigError
 from harness.sim.workspace import Workspace
+from harness.theory.meanfield import mean_phi
 
 if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
     from harness.core.spec import Spec
@@ -139,6 +141,10 @@ def position_maps(spec: Spec) -> dict[str, np.ndarray]:
     be2 = resmlp.betas2(spec)
     g2 = resmlp.gamma(spec) ** 2
     uniform = np.full(taps[0].shape, 1.0 / taps[0].size)
+
+    def centre(qq: np.ndarray) -> np.ndarray:  # ws=true: M_φ(q)², removed by the zero row sums
+        return np.asarray(mean_phi(act, qq)) ** 2
+
     q = np.full(S, float(spec.input_var))
     fwd, br, bwd = np.empty((L, *S)), np.empty((L, *S)), np.empty((L, *S))
     wg = np.empty(L * m)
@@ -149,7 +155,8 @@ def position_maps(spec: Spec) -> dict[str, np.ndarray]:
             block = []
             for j in range(m):
                 block.append(z)
-                z = b2 + conv.window_sum(g2 * conv._moment(act.V, z), taps[l * m + j], mode)
+                a_sq = conv._moment(act.V, z) - (conv._moment(centre, z) if spec.ws else 0.0)
+                z = b2 + conv.window_sum(g2 * a_sq, taps[l * m + j], mode)
             zs.append(block)
             br[l] = z
             q = q + a2[l] * z
@@ -183,15 +190,25 @@ class ResConv(Architecture):
 
     name = "resconv"
     label = "residual conv stacks"
-    capabilities = frozenset({POSITIONS})
+    capabilities = frozenset({POSITIONS, WS})
     keys: Mapping[str, str] = {**conv.ARCH.keys, **resmlp.KEYS}
     groups = (resmlp.GROUP,)
     all_quantities = QUANTITIES
     weight_grad_is_outer_product = False
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        """conv's keys and the residual.* keys."""
-        return {**conv.config_keys(cfg), **resmlp.config_keys(cfg)}
+        """conv's keys and the residual.* keys; ws=true needs padding_mode=circular."""
+        keys = {**conv.config_keys(cfg), **resmlp.config_keys(cfg)}
+        if cfg.get("ws") is True and keys["padding_mode"] != "circular":
+            raise ConfigError("ws=true with arch=resconv needs padding_mode=circular (with zero "
+                              "padding a border position sees part of a row, whose sum is not 0, "
+                              f"so the centring is position-dependent); got padding_mode="
+                              f"{keys['padding_mode']}")
+        return keys
+
+    def limits(self, spec: Spec, capability: str) -> str:
+        """resmlp's reasons (`resmlp.REASONS`) for criticality and the finite-width band."""
+        return resmlp.REASONS.get(capability, "")
 
     def describe(self, spec: Spec) -> str:
         """conv's and resmlp's descriptions."""

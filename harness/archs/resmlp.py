@@ -61,13 +61,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.archs.base import INPUT_CORR, WS, Architecture, Tick
+from harness.archs.base import CRITICALITY, FINITE_WIDTH_BAND, INPUT_CORR, JACOBIAN, WS, Architecture, Tick
 from harness.archs.mlp import _mean_sq_rows, mean_cosine
 from harness.core import schemes, validate
 from harness.core.activations import Activation
 from harness.core.quadrature import gaussian_expectation
 from harness.core.validate import ConfigError
-from harness.sim import dense
+from harness.sim import dense, jacobian
 from harness.sim.workspace import Workspace
 from harness.theory.meanfield import mean_phi
 
@@ -226,6 +226,89 @@ def bytes_per_replicate(spec: Spec) -> int:
     return item * (weights + saved + 6 * spec.batch * n + 4 * spec.depth * spec.batch)
 
 
+def propagate_jacobian(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    act: Activation,
+    m: int,
+    alpha: Sequence[float],
+    beta: Sequence[float] | None = None,
+    gain: float = 1.0,
+    spectrum: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The exact Jacobians J^l = ∂x^l/∂x^0 of every member at its inputs x0 (R, k, n), with the
+    identity path: J^0 = I and, per block, with ψ = γφ and D_z = diag(γφ'(z)),
+
+        m = 1:  J^l = J^{l-1} + (α_l/β_l) W D_u J^{l-1}
+        m = 2:  J^l = J^{l-1} + (α_l/β_l) W₂ D_{h₁} W₁ D_u J^{l-1}
+
+    (u = x^{l-1}/β_l, h₁ = W₁ψ(u) + b₁); the moments of `harness.sim.jacobian.moments` per block,
+    averaged over the k inputs, as `harness.sim.jacobian.propagate` returns them (R, L), and with
+    `spectrum` the eigenvalues of J^Lᵀ J^L (R, k, n) in float64, ascending."""
+    R, k, n = x0.shape
+    L = len(weights) // m
+    out = {q: x0.new_empty(R, L) for q in jacobian.QUANTITIES}
+    J = torch.eye(n, dtype=x0.dtype, device=x0.device).expand(R, k, n, n).permute(0, 2, 1, 3)
+    J = J.reshape(R, n, k * n)  # (R, n, k·n): J of input i at columns i·n … (i+1)·n − 1
+    eig = None
+    x = x0
+    for l in range(L):
+        b_l = 1.0 if beta is None else beta[l]
+        z = x / b_l if b_l != 1.0 else x
+        A = J
+        for j in range(m):
+            w = weights[l * m + j]
+            d = act.dphi(z) * gain  # (R, k, n)
+            A = torch.bmm(w, (A.view(R, n, k, n) * d.transpose(1, 2).unsqueeze(-1)).view(R, n, k * n))
+            a = act.phi(z) * gain
+            z = dense.affine(a, w, None if biases is None else biases[l * m + j])
+        J = J + (alpha[l] / b_l) * A
+        x = x + alpha[l] * z
+        per_input = J.view(R, n, k, n).transpose(1, 2)  # (R, k, n, n)
+        m1, m2 = jacobian.moments(per_input)
+        out["jacobian_mean"][:, l] = m1.mean(1)
+        out["jacobian_var"][:, l] = (m2 - m1.square()).mean(1)
+        out["jacobian_rel_var"][:, l] = (m2 / m1.square() - 1).mean(1)
+        if spectrum and l == L - 1:
+            eig = torch.linalg.svdvals(per_input.double()).flip(-1).square().to(x0.dtype)
+    return out, eig
+
+
+def predict_jacobian(spec: Spec, q: np.ndarray, chi: np.ndarray, pre: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean field / free probability for J^l = ∂x^l/∂x^0 (docs/theory.md, "Residual networks"):
+    with x_l = α_l² χ^l (χ^l the block's branch factor of the backward recursion) and, per block,
+    r_l = Σ_j (−s₁ + μ₂(z_j)/μ₁(z_j)² − 1) over its branch layers' pre-activation moments z_j,
+
+        jacobian_mean     m₁^l = ∏_{k≤l} (1 + x_k)
+        jacobian_rel_var  v^l  = Σ_{k≤l} (2 x_k + r_k x_k²) / (1 + x_k)²
+        jacobian_var           = (m₁^l)² v^l
+
+    (one block J_l = I + α_l A_l: τ(J_lᵀJ_l) = 1 + x, τ((J_lᵀJ_l)²) = 1 + 4x + (1 + r) x², the
+    odd moments of A and τ(A²) vanishing at large width; free blocks' relative variances add).
+    The sum is given where it holds: every block for a φ with constant φ' (linear), else up to
+    the first block that is not the identity (NaN after it: the branches' φ' correlate with the
+    Jacobian so far, and the measured spread grows faster). `pre` (L, m): z_j per block; q unused
+    but for the shapes."""
+    act = spec.activation
+    s1 = schemes.scheme(spec.scheme).spectral_s1
+    x = alphas(spec) ** 2 * chi
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        flat = pre.reshape(-1)
+        ratio = (jacobian.mu(act, flat, 2) / jacobian.mu(act, flat, 1) ** 2).reshape(pre.shape)
+        r = (-s1 + ratio - 1.0).sum(1)
+        block = np.where(x == 0.0, 0.0, (2 * x + r * x**2) / (1 + x) ** 2)
+        mean = np.cumprod(1 + x)
+        rel = np.cumsum(block)
+    # the sum needs the blocks free of each other: exact when φ' is constant (μ₂ = μ₁², the
+    # blocks I + αW_l), else only up to the first block that is not the identity (measured: a
+    # nonlinear φ's D_l correlates with J^{l-1} and the spread grows faster than the sum)
+    constant_slope = bool(np.all(np.abs(ratio[np.isfinite(ratio)] - 1.0) < 1e-9))
+    if not constant_slope:
+        rel = np.where(np.cumsum(x > 0) <= 1, rel, np.nan)
+    return {"jacobian_mean": mean, "jacobian_var": mean**2 * rel, "jacobian_rel_var": rel}
+
+
 # ---- theory --------------------------------------------------------------------------------------
 def predict(spec: Spec, weight_variances: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """The mean-field recursions of the module doc: forward, branch, backward, correlation per
@@ -245,6 +328,7 @@ def predict(spec: Spec, weight_variances: Sequence[float] | None = None) -> dict
     fwd, br, cor, chi = (np.full(L, np.nan) for _ in range(4))
     wg_in = np.full(L * m, np.nan)  # E[(input of W_k)²]
     wg_back = np.ones(L * m)  # E[ε_k²] / (α_l² g^l)
+    pre = np.full((L, m), np.nan)  # the branch layers' pre-activation moments z_j (u, p^l)
 
     def centre(qq: float) -> float:  # ws=true: the rows sum to 0, removing (γ M_φ)²
         return g2 * float(mean_phi(act, qq)) ** 2 if spec.ws else 0.0
@@ -261,6 +345,7 @@ def predict(spec: Spec, weight_variances: Sequence[float] | None = None) -> dict
             ds = []
             for j in range(m):
                 k = l * m + j
+                pre[l, j] = z
                 wg_in[k] = g2 * float(act.V(z))
                 ds.append(g2 * float(act.D(z)))
                 z, z12 = s2[k] * (wg_in[k] - centre(z)) + b2, s2[k] * cmap(z, z12) + b2
@@ -277,8 +362,9 @@ def predict(spec: Spec, weight_variances: Sequence[float] | None = None) -> dict
         for l in range(L - 1, 0, -1):
             g[l - 1] = g[l] * (1.0 + a2[l] * chi[l])
         wg = np.repeat(a2 * g, m) * wg_back * wg_in
-    return {"forward": fwd, "branch": br, "backward": g, "weight_grad": wg,
-            "correlation": np.clip(cor, -1.0, 1.0)}
+    out = {"forward": fwd, "branch": br, "backward": g, "weight_grad": wg,
+           "correlation": np.clip(cor, -1.0, 1.0)}
+    return {**predict_jacobian(spec, fwd, chi, pre), **out} if spec.jacobian else out
 
 
 # ---- the plain torch block ---------------------------------------------------------------------
@@ -300,20 +386,38 @@ class ResidualBlock(nn.Module):
         return x + self.alpha * z
 
 
+#: the one-line reasons a residual run prints for the annotations it does not define
+REASONS: Mapping[str, str] = {
+    CRITICALITY: "a residual stream has no fixed point to linearize around: q^l = q^{l-1} + α_l²B^l "
+                 "grows and the gradient by 1 + α_l²χ^l per block (the backward theory); the "
+                 "residual analogue of criticality is Σ_l α_l² bounded in depth "
+                 "(residual.depth_scaling=sqrt or linear)",
+    FINITE_WIDTH_BAND: "not derived for residual streams: a block's factor ‖x^l‖²/‖x^{l-1}‖² "
+                       "depends on the stream's active fraction, shared by consecutive blocks, "
+                       "so the factors are not independent as in Hanin & Nica's product",
+}
+
+
 class ResMLP(Architecture):
     """arch=resmlp (module doc)."""
 
     name = "resmlp"
     label = "residual MLPs"
-    capabilities = frozenset({INPUT_CORR, WS})
+    capabilities = frozenset({INPUT_CORR, WS, JACOBIAN})
     keys: Mapping[str, str] = KEYS
     groups = (GROUP,)
-    all_quantities = QUANTITIES
+    all_quantities = (*QUANTITIES, *jacobian.QUANTITIES)
+    memory_keys = ("depth", "width (or widths)", "batch", "jacobian")
     weight_grad_is_outer_product = True
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """`config_keys`."""
         return config_keys(cfg)
+
+    def limits(self, spec: Spec, capability: str) -> str:
+        """`REASONS`: why criticality and the finite-width band are not defined for a residual
+        stream (docs/theory.md, "Residual networks")."""
+        return REASONS.get(capability, "")
 
     def describe(self, spec: Spec) -> str:
         """" residual, m=2 layers per branch, α=1 (none)"."""
@@ -343,8 +447,10 @@ class ResMLP(Architecture):
         return None if all(s == 1.0 for s in scales) else scales
 
     def quantities(self, spec: Spec) -> tuple[str, ...]:
-        """forward, branch, backward, weight_grad, correlation (batch ≥ 2)."""
-        return QUANTITIES if spec.batch >= 2 else QUANTITIES[:-1]
+        """forward, branch, backward, weight_grad, correlation (batch ≥ 2), and jacobian_*
+        with jacobian=k > 0."""
+        base = QUANTITIES if spec.batch >= 2 else QUANTITIES[:-1]
+        return (*base, *jacobian.QUANTITIES) if spec.jacobian else base
 
     def row_columns(self, spec: Spec, quantity: str, n: int) -> dict[str, np.ndarray]:
         """weight_grad: `branch_layer` j = 1..m of weight layer k = 1..L·m."""
@@ -370,8 +476,26 @@ class ResMLP(Architecture):
                          gamma(spec), tick)
 
     def bytes_per_replicate(self, spec: Spec) -> int:
-        """`bytes_per_replicate` (module function)."""
-        return bytes_per_replicate(spec)
+        """`bytes_per_replicate` (module function), plus with jacobian=k its Jacobians (J, the
+        branch's product and a Gram matrix, k·n² each, twice for m = 2)."""
+        item = torch.empty((), dtype=spec.torch_dtype).element_size()
+        n = spec.widths[0]
+        jac = item * spec.jacobian * (4 * n * n + 6 * n) if spec.jacobian else 0
+        return bytes_per_replicate(spec) + jac
+
+    def jacobian(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`propagate_jacobian` with the run's α_l, β_l, γ and the last block's spectrum."""
+        beta = np.sqrt(betas2(spec)).tolist() if spec.residual_nf else None
+        out, eig = propagate_jacobian(weights, biases, x0, spec.activation,
+                                      spec.residual_branch_depth, alphas(spec).tolist(),  # type: ignore[arg-type]
+                                      beta, gamma(spec), spectrum=True)
+        return out, eig  # type: ignore[return-value]
 
     def predict(
         self, spec: Spec, weight_variances: Sequence[float] | None = None

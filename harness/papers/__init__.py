@@ -35,7 +35,7 @@ from harness.cli import ArgumentParser
 from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
 from harness.outputs.results import METADATA, atomic_write_bytes, layer_matrix, load
-from harness.papers import isometry, order_chaos
+from harness.papers import isometry, order_chaos, residual
 from harness.theory import finite_width, hanin
 
 
@@ -221,9 +221,94 @@ def pennington2017(df: pd.DataFrame):
     return isometry.figure(df, rows), numbers
 
 
+def _with_summary(numbers: dict[str, dict[str, Any]], line: Callable[[dict[str, Any]], str]):
+    """Each row of `numbers` with its one-line `summary` (what `main` prints)."""
+    for row in numbers.values():
+        row["summary"] = line(row)
+    return numbers
+
+
+def _g(v: Any, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}g}"
+
+
+def desmith2020(df: pd.DataFrame):
+    """De & Smith 2020: an unnormalized relu residual stream at He init grows by 1 + α_l² per
+    block: doubles at α = 1, bounded ((1 + α²/L)^L → e^{α²}) at α/√L, flat at α = 0."""
+    rows = residual.desmith_table(df)
+    numbers = residual.jsonable(rows, "label")
+    return residual.desmith_figure(df, rows), _with_summary(numbers, lambda r: (
+        f"stream ×{_g(r['forward_rate'])} per block (mean field {_g(r['theory_forward_rate'])}, "
+        f"paper 1 + α_l² = {_g(r['paper_forward_rate'])}), at block L {_g(r['forward_last'])} "
+        f"(mean field {_g(r['theory_forward_last'])})"))
+
+
+def yang2017(df: pd.DataFrame):
+    """Yang & Schoenholz 2017: tanh residual streams grow polynomially (q ∝ l) and their
+    gradients as exp(Θ(√l)), where the plain tanh chain is exponential."""
+    rows = residual.yang_table(df)
+    numbers = residual.jsonable(rows, "label")
+    return residual.yang_figure(df, rows), _with_summary(numbers, lambda r: (
+        f"forward exponent {_g(r['forward_exponent'])} ± {_g(r['forward_exponent_se'], 2)} "
+        f"(mean field {_g(r['theory_forward_exponent'])}), backward √l slope "
+        f"{_g(r['backward_sqrt_slope'])} ± {_g(r['backward_sqrt_slope_se'], 2)} (mean field "
+        f"{_g(r['theory_backward_sqrt_slope'])}, asymptote {_g(r['asymptotic_backward_sqrt_slope'])}), "
+        f"backward log rate per layer first/second half {_g(r['backward_log_rate_first_half'])}/"
+        f"{_g(r['backward_log_rate_second_half'])}"))
+
+
+def brock2021(df: pd.DataFrame):
+    """Brock et al. 2021: NF-ResNet signal propagation (stream variance 1 + l·α², channel
+    means bounded only with ws) and the NFNets γ table against the exact gains."""
+    rows = residual.brock_table(df)
+    numbers = residual.jsonable(rows, "label")
+    numbers = _with_summary(numbers, lambda r: (
+        f"stream slope {_g(r['forward_slope'])} ± {_g(r['forward_slope_se'], 2)} per block "
+        f"(α² = {_g(r['alpha2'])}, mean field {_g(r['theory_forward_slope'])}), at block L "
+        f"{_g(r['forward_last'])} (1 + Lα² = {_g(r['paper_forward_last'])}); channel mean² "
+        f"{_g(r['channel_mean_sq_first'])} → {_g(r['channel_mean_sq_last'])}, relative to the "
+        f"variance {_g(r['channel_mean_sq_rel_log_rate'])} ± "
+        f"{_g(r['channel_mean_sq_rel_log_rate_se'], 2)} per block (log)"))
+    gammas = residual.gamma_table()
+    for g in gammas.itertuples():
+        numbers[f"gamma {g.act}"] = {"act": g.act, "table": g.table, "exact": g.exact,
+                                     "diff": g.diff, "rel_diff": g.rel_diff,
+                                     "summary": f"NFNets table {g.table:.7f}, exact {g.exact:.7f}, "
+                                                f"table − exact {g.diff:+.2e} ({g.rel_diff:+.2e} relative)"}
+    return residual.brock_figure(df, rows), numbers
+
+
+def hanin_rolnick2018(df: pd.DataFrame):
+    """Hanin & Rolnick 2018 for residual nets: FM1 (mean of ln F^L bounded iff Σ α_l² stays
+    bounded) and FM2 (its variance across networks bounded in depth), against plain chains."""
+    rows = residual.hanin_rolnick_table(df)
+    numbers = residual.jsonable(rows, "label")
+    return residual.hanin_rolnick_figure(rows), _with_summary(numbers, lambda r: (
+        f"Σα_l² {_g(r['sum_alpha2'])}, mean ln F^L {_g(r['mean_log'])} ± {_g(r['mean_log_se'], 2)} "
+        f"(mean-field ln q^L {_g(r['theory_log_q'])}), Var ln F^L {_g(r['var_log'])} ± "
+        f"{_g(r['var_log_se'], 2)}" + ("" if r["plain_theory_var_log"] is None else
+                                       f" (plain chain exact {_g(r['plain_theory_var_log'])})")))
+
+
+def fixup2019(df: pd.DataFrame):
+    """Fixup (Zhang, Dauphin & Ma 2019): the output moment does not depend on depth at init,
+    and the gradient to each branch's last (zero) layer is nonzero."""
+    rows = residual.fixup_table(df)
+    numbers = residual.jsonable(rows, "label")
+    return residual.fixup_figure(df, rows), _with_summary(numbers, lambda r: (
+        f"output moment {_g(r['forward_last'])} ± {_g(r['forward_last_log_se'], 2)} (log se; input "
+        f"{_g(r['input_var'])}), max |ln F^l/F^1| {_g(r['max_abs_log_forward_drift'], 2)}; weight "
+        f"gradient of the last branch layer {_g(r['weight_grad_' + str(r['branch_depth'])])} ± "
+        f"{_g(r['weight_grad_' + str(r['branch_depth']) + '_se'], 2)} (mean field "
+        f"{_g(r['theory_weight_grad_' + str(r['branch_depth'])])}), of the first "
+        f"{_g(r['weight_grad_1'])}"))
+
+
 EXPERIMENTS: dict[str, Callable[[pd.DataFrame], tuple[Any, dict[str, Any]]]] = {
     "torch_defaults": torch_defaults, "he2015": he2015, "glorot2010": glorot2010,
     "hanin2019": hanin2019, "order_chaos": order_chaos_2017, "pennington2017": pennington2017,
+    "desmith2020": desmith2020, "yang2017": yang2017, "brock2021": brock2021,
+    "hanin_rolnick2018": hanin_rolnick2018, "fixup2019": fixup2019,
 }
 
 
@@ -252,6 +337,9 @@ def main(argv: list[str] | None = None) -> Path:
     atomic_write_bytes(out, buf.getvalue())
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(numbers, indent=1).encode())
     for name, row in numbers.items():
+        if "summary" in row:
+            print(f"{name}: {row['summary']}")
+            continue
         if "c_star" in row:
             def f(key: str, row: dict = row) -> str:
                 v = row.get(key)
