@@ -54,6 +54,8 @@ from harness.sim.runner import device_name
 QUANTITIES = ("forward", "mean", "channel_mean_sq", "channel_var", "backward", "weight_grad",
               "param_norm")
 PARAM_QUANTITIES = ("weight_grad", "param_norm")
+#: the name of the model itself when it is a single layer (its qualified name is "")
+ROOT = "(model)"
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ def select(model: nn.Module, spec: ProbeSpec) -> list[str]:
     with parameters plus the block outputs (`blocks`, matched segment by segment); then
     `module_types` (fnmatch over class names; every pattern must match a selected module).
     ConfigError (one line, with close names) for a pattern that matches nothing."""
-    named = [(n, m) for n, m in model.named_modules() if n]
+    # the model itself only when it is one layer (a bare nn.Linear): then it is the one leaf
+    named = [(n, m) for n, m in model.named_modules() if n or next(m.children(), None) is None]
     names = [n for n, _ in named]
     if spec.modules is None:
         chosen = [n for n, m in named
@@ -235,7 +238,8 @@ class Tap:
                 return None
             k = self.calls.get(name, 0) + 1
             self.calls[name] = k
-            key = name if k == 1 else f"{name}#{k}"
+            label = name or ROOT
+            key = label if k == 1 else f"{label}#{k}"
             y, rebuild = split(out, None, f"module {name}")
             if self.mode == "discover":
                 self.found.append((key, name, type(module).__name__, tuple(y.shape)))
@@ -337,9 +341,10 @@ def ensemble(factory: Callable[..., Any] | nn.Module, spec: ProbeSpec) -> Ensemb
     points = []
     for key, name, kind, shape in tap.found:
         own = base.get_submodule(name).parameters()
+        name = name or ROOT
         params = tuple(dict.fromkeys(canonical[id(p)] for p in own if id(p) in canonical))
         points.append(Point(key, name, kind, shape, channel_dim(shape, spec.channels), params))
-    never = [n for n in chosen if n not in {p.module for p in points}]
+    never = [n or ROOT for n in chosen if (n or ROOT) not in {p.module for p in points}]
     tap.cdims = {p.key: p.channel_dim for p in points}
     if not points:
         for h in handles.values():

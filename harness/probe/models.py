@@ -77,21 +77,32 @@ def import_optional(name: str, what: str) -> types.ModuleType:
             raise ConfigError(f"{what} needs {missing}, which is not installed: it is in the "
                               f"'{EXTRAS[missing]}' extra, pip install -e '.[{EXTRAS[missing]}]'") from None
         raise ConfigError(f"{what}: cannot import {name} ({_one_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a library that fails while importing: one line
+        raise ConfigError(f"{what}: importing {name} failed: {type(e).__name__}: {_one_line(e)}") from None
 
 
 def _import(name: str, top: str) -> types.ModuleType:
-    if top == "torchvision" and "torchvision" not in sys.modules and importlib.util.find_spec("torchvision"):
-        try:
-            importlib.import_module("torchvision")
-        except RuntimeError as e:
-            if "torchvision::" not in str(e):
-                raise
-            for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-                del sys.modules[k]  # the half-imported package, before retrying with the shim
-            sys.modules[_TV_META] = types.ModuleType(_TV_META)
-            SHIMS[_TV_META] = (f"empty stand-in: torchvision's C extension did not load ({_one_line(e)}); "
-                               "only detection operators (nms, roi_align) need it")
+    if top in EXTRAS:  # timm and transformers import torchvision themselves when it is installed
+        _torchvision()
     return importlib.import_module(name)
+
+
+def _torchvision() -> None:
+    """Import torchvision if it is installed, with the compatibility shim (module docstring)
+    when its C extension cannot load; re-raises any other failure."""
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        importlib.import_module("torchvision")
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[k]  # the half-imported package, before retrying with the shim
+        sys.modules[_TV_META] = types.ModuleType(_TV_META)
+        SHIMS[_TV_META] = (f"empty stand-in: torchvision's C extension did not load ({_one_line(e)}); "
+                           "only detection operators (nms, roi_align) need it")
+        importlib.import_module("torchvision")
 
 
 def _one_line(e: BaseException) -> str:

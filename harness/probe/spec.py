@@ -31,6 +31,8 @@ CHANNELS = ("auto", "first", "last")
 VMAP = ("auto", "true", "false")
 #: keys of harness.run that describe the network it builds; the probed model fixes them
 NOT_APPLICABLE = ("act", "depth", "width", "widths", "arch")
+#: block outputs selected by default (torchvision's layer1.0, timm's blocks.3, transformers' h.5)
+DEFAULT_BLOCKS = ("layer*.*", "blocks.*", "h.*")
 #: the model node's keys that are not the factory's arguments
 MODEL_KEYS = ("name", "_target_")
 
@@ -184,7 +186,8 @@ class ProbeSpec:
                               f"got {output!r}")
         modules = _patterns(cfg, "modules")
         module_types = _patterns(cfg, "module_types")
-        blocks = _patterns(cfg, "blocks") or ()
+        blocks = DEFAULT_BLOCKS if "blocks" not in cfg else (
+            _patterns(cfg, "blocks") if cfg["blocks"] not in (None, []) else ())
         channels = _choice(cfg, "channels", CHANNELS, default="auto")
         train = cfg.get("train", True)
         if not isinstance(train, bool):
