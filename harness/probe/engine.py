@@ -31,11 +31,13 @@ falls back to the loop (vmap=auto), and the metadata says which path ran and why
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +87,15 @@ class ProbeMeasurement:
     device_name: str
     chunk_size: int
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence torch's note that an operator (e.g. the CPU flash-attention backward of a ViT)
+    has no batching rule and runs through vmap's per-replicate fallback: correct, just slower."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+        yield
 
 
 # ---- selection --------------------------------------------------------------------------------
@@ -422,7 +433,8 @@ def measure(factory: Callable[..., Any] | nn.Module, spec: ProbeSpec, progress: 
     out = None
     if want == "vmap":
         try:
-            out = _run_vmap(f, ens, R, chunk, progress)
+            with quiet():
+                out = _run_vmap(f, ens, R, chunk, progress)
             info["path"] = "vmap"
         except (ConfigError, torch.OutOfMemoryError, MemoryError):
             raise
