@@ -167,6 +167,7 @@ class ProbeSpec:
             gain, source, nonlinearity, a, params = None, "the model's own initialization", None, None, {}
         else:
             gain, source, nonlinearity, a, params, bias_std = _resolve_scheme(sc, nl, mode, bias_std)
+            source = source.replace("(follows act)", "(follows nonlinearity)")
 
         shape = cfg.get("input_shape")
         if not isinstance(shape, (list, tuple)) or not shape or not all(
