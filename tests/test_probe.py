@@ -395,3 +395,16 @@ def test_torchvision_other_import_errors_are_not_hidden(fake_torchvision):
     with pytest.raises(ConfigError, match="importing torchvision.models failed: RuntimeError: something"):
         models.import_optional("torchvision.models", "model resnet18")
     assert models.SHIMS == {}
+
+
+def test_probe_and_run_side_by_side(tmp_path):
+    """A folder holding a harness.run result and a probe of the same MLP loads as one frame; the
+    report's agreement table classes the run against its theory and the probe as no theory."""
+    harness.run("act=tanh", depth=3, width=8, batch=4, replicates=3, plot=False).save(tmp_path / "run")
+    harness.probe(lambda: mlp(8, 3), "scheme=kaiming", nonlinearity="tanh", input_shape=[8], batch=4,
+                  replicates=3, plot=False).save(tmp_path / "probe")
+    df = harness.load(tmp_path)
+    assert df.groupby("run_dir")["module"].apply(lambda m: m.notna().any()).sum() == 1
+    table = compare.agreement(df)
+    assert compare.NO_THEORY in set(table["class"]) and len(table) == 2
+    assert (table["class"] != compare.NO_THEORY).sum() == 1
