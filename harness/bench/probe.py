@@ -5,9 +5,9 @@ extra is installed) one ensemble is built (`harness.probe.engine.ensemble`) and 
 per-replicate function (forward with hooks, `torch.func.grad` for the parameter and output
 gradients, the statistics) is timed over the R replicates both ways: mapped with `torch.func.vmap`
 over the stacked parameters, and called once per replicate. Each time is the best of `repeat`
-calls after a warm-up (`harness.bench.best_time`'s rule); ratio = t_loop / t_vmap (> 1: the
-batched path is faster). Building the models and the first (discovery) pass are not timed: they
-are the same on both paths.
+calls after a warm-up, the two paths' calls alternating so that both see the same load;
+ratio = t_loop / t_vmap (> 1: the batched path is faster). Building the models and the first
+(discovery) pass are not timed: they are the same on both paths.
 """
 
 from __future__ import annotations
@@ -36,8 +36,22 @@ QUICK = [
 ]
 
 
-def _best(fn: Callable[[], object], device: str, repeat: int) -> float:
-    fn()  # warm-up
+def _interleaved(a: Callable[[], object], b: Callable[[], object], device: str, repeat: int
+                 ) -> tuple[float, float]:
+    """Best times of `a` and `b` over `repeat` alternating calls each, after one warm-up call
+    each: on a shared machine whose speed drifts, both see the same conditions."""
+    a()
+    b()
+    ta = tb = math.inf
+    for _ in range(repeat):
+        ta = min(ta, _best(a, device, 1, warm=False))
+        tb = min(tb, _best(b, device, 1, warm=False))
+    return ta, tb
+
+
+def _best(fn: Callable[[], object], device: str, repeat: int, warm: bool = True) -> float:
+    if warm:
+        fn()
     best = math.inf
     for _ in range(repeat):
         if device == "cuda":
@@ -62,8 +76,8 @@ def bench_model(label: str, overrides: list[str], repeat: int = 3, device: str =
     f = engine.point_function(ens, spec)
     R = spec.replicates
     with engine.quiet():
-        t_vmap = _best(lambda: engine._run_vmap(f, ens, R, R, False), spec.device, repeat)
-        t_loop = _best(lambda: engine._run_loop(f, ens, R, False), spec.device, repeat)
+        t_vmap, t_loop = _interleaved(lambda: engine._run_vmap(f, ens, R, R, False),
+                                      lambda: engine._run_loop(f, ens, R, False), spec.device, repeat)
     return {"model": label, "replicates": R, "batch": spec.batch,
             "input_shape": "×".join(map(str, spec.input_shape)), "points": len(ens.points),
             "vmap_s": t_vmap, "loop_s": t_loop, "ratio": t_loop / t_vmap}
