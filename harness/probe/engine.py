@@ -366,6 +366,7 @@ def ensemble(factory: Callable[..., Any] | nn.Module, spec: ProbeSpec) -> Ensemb
         cot[r].normal_(0.0, 1.0, generator=models.generator(spec.seed, r, models.COTANGENT, spec.device))
     params, buffers = stack_module_state(nets)
     params = {k: v.detach() for k, v in params.items()}
+    del nets[1:]  # stacked copies hold the replicates now; the base module stays
     info: dict[str, Any] = {"output": spec.output or _output_name(out), "points": len(points),
                             "output_shape": list(y.shape)}
     if never:

@@ -114,10 +114,12 @@ def write(result: ProbeResult, out_dir: str | Path, *, command: str | None = Non
     atomic_write_bytes(out / "config.yaml", cli.resolved_yaml(result.config).encode())
     write_json(meta, out / METADATA)
     if cli.wants_plot(result.config.get("plot", "auto"), multirun=multirun):
+        from harness.probe import figure  # matplotlib only where a figure is drawn (as harness.api)
+
         fig = result.plot()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
-        fig.clf()
+        figure.plt.close(fig)
         atomic_write_bytes(out / FIGURE, buf.getvalue())
     write_parquet(result.frame, out / METRICS, meta)
 
