@@ -9,7 +9,10 @@ In a notebook (`harness.api`, loaded on first use so that `import harness` stays
 
     >>> r = harness.run("act=tanh", depth=20, width=128)        # r.frame, r.verdict(), r.plot()
     >>> s = harness.sweep({"act": ["relu", "tanh"]}, depth=10)   # s.frame, s.runs, s.table()
+    >>> p = harness.probe("resnet18", input_shape=[3, 64, 64])  # any nn.Module (harness.probe)
 """
+
+import sys
 
 from harness.core.activations import get as activation
 from harness.core.init import calculate_gain, init_
@@ -32,13 +35,15 @@ __all__ = [
     "load",
     "measure",
     "predict",
+    "probe",
     "run",
     "sweep",
 ]
 
 
 def __getattr__(name: str) -> object:
-    """harness.run / harness.sweep / harness.Result / harness.SweepResult from harness.api.
+    """harness.run / harness.sweep / harness.Result / harness.SweepResult from harness.api;
+    harness.probe, the probe package, which is callable (`harness.probe(model, ...)`).
 
     Once `harness.run` the module is imported (`python -m harness.run`, `import harness.run`),
     the package attribute `run` is that module; it is callable and does the same (harness/run.py).
@@ -47,4 +52,8 @@ def __getattr__(name: str) -> object:
         from harness import api  # lazy on purpose (light `import harness`), not a cycle
 
         return getattr(api, name)
+    if name == "probe":
+        import harness.probe  # noqa: F401  lazy on purpose (torch.func, its configs), not a cycle
+
+        return sys.modules["harness.probe"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

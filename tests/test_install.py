@@ -79,3 +79,16 @@ def test_installed_package_runs_every_entry_point(site, tmp_path):
     _run(site, work, "-m", "harness.report", str(sweep_dir))
     assert (sweep_dir / "report" / "report.html").is_file()
     assert sorted(p.name for p in work.iterdir()) == ["run", "sweep"]  # nothing else written here
+
+
+def test_installed_package_runs_the_probe(site, tmp_path):
+    """harness.probe's configs (harness/probe/conf) ship in the package and its search path finds
+    the harness's schemes (harness/conf): a tiny nn.Linear probed under kaiming from elsewhere."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    _run(site, work, "-m", "harness.probe", "model._target_=torch.nn.Linear", "+model.in_features=4",
+         "+model.out_features=2", "input_shape=[4]", "batch=2", "replicates=2", "scheme=kaiming",
+         "progress=false", "plot=false", f"hydra.run.dir={work / 'probe'}")
+    meta = json.loads((work / "probe" / METADATA).read_text())
+    assert meta["spec"]["scheme"] == "kaiming" and meta["probe"]["path"] == "vmap"
+    assert sorted(p.name for p in work.iterdir()) == ["probe"]

@@ -12,13 +12,15 @@ Size: every `harness.run` command gets small values for the size keys it names a
 does not (depth 3, width 8, batch 4, replicates 2, image 5; a swept key keeps its number of
 values), `plot=false progress=false`; a named experiment's own swept keys keep their first two
 values; `harness.bench` gets `--quick --repeat 1 --no-naive` (tests/test_bench.py checks the naive
-loop). Everything else (keys, values, groups,
+loop); `harness.probe` gets 32×32 images, batch 2, 2 replicates (`PROBE_SMALL`), and is skipped
+where the models extra is not installed. Everything else (keys, values, groups,
 experiments, paths, flags) is the README's, so a renamed key, group, flag or module fails here.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import shlex
 import sys
@@ -38,7 +40,10 @@ QUIET = ["plot=false", "progress=false"]
 BENCH_SMALL = ["--quick", "--repeat", "1", "--no-naive"]
 #: the modules whose README commands this test runs, each through its main(argv)
 MODULES = ("harness.run", "harness.report", "harness.papers", "harness.phase", "harness.gains",
-           "harness.bench")
+           "harness.bench", "harness.probe")
+#: harness.probe's README commands at reduced size (the image presets at 32×32)
+PROBE_SMALL = {"input_shape": "[3,32,32]", "batch": "2", "replicates": "2"}
+HAS_MODELS = importlib.util.find_spec("torchvision") is not None
 
 
 def readme_commands(text: str) -> list[list[str]]:
@@ -94,6 +99,10 @@ def reduced(argv: list[str]) -> tuple[str, list[str]]:
         return module, reduce_run(args)
     if module == "harness.bench":
         return module, args + [a for a in BENCH_SMALL if a not in args]
+    if module == "harness.probe":
+        given = {a.split("=", 1)[0] for a in args if "=" in a}
+        return module, (args + [f"{k}={v}" for k, v in PROBE_SMALL.items() if k not in given]
+                        + [q for q in QUIET if q.split("=")[0] not in given])
     return module, args
 
 
@@ -137,6 +146,8 @@ def run_readme_command(argv: list[str], workdir: Path, monkeypatch, capsys, done
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c)[:80] for c in COMMANDS])
 def test_readme_command_runs(argv, workdir, monkeypatch, capsys):
+    if argv[0] == "harness.probe" and not HAS_MODELS:
+        pytest.skip("harness.probe's presets need the models extra: pip install -e '.[models]'")
     run_readme_command(argv, workdir, monkeypatch, capsys, set())
 
 

@@ -37,6 +37,9 @@ Two more tables put the runner in the whole of what a user waits for:
   a trivial CLI run (depth 1, width 64, batch 1, 1 replicate) with and without its figure; the
   gap over `import torch` (target ≤ 1.5 s for the trivial run).
 
+With --probe, a last table times harness.probe's batched path against its per-replicate loop on
+resnet18 and a small ViT (`harness.bench.probe`: t_loop / t_vmap; needs the models extra).
+
 Each table carries the 1-minute load average (`os.getloadavg`) at its end: on a shared machine a
 time means little without it.
 """
@@ -63,6 +66,7 @@ import torch
 from torch import nn
 
 from harness import api
+from harness.bench import probe as probe_bench
 from harness.cli import ArgumentParser, compose_config
 from harness.core.init import init_
 from harness.core.init import scheme as scheme_entry
@@ -543,6 +547,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Spec]
     ap.add_argument("--no-whole-run", action="store_true", help="skip the whole-run table")
     ap.add_argument("--startup", type=int, default=None, metavar="N",
                     help="time start-up N times (default 3; 0 skips it, as --quick does)")
+    ap.add_argument("--probe", action="store_true",
+                    help="time harness.probe's vmap path against its loop on resnet18 and a small ViT "
+                         "(the models extra)")
     ap.add_argument("--out", default=None, help="output folder (default results/bench/<time>)")
     args = ap.parse_args(argv)
     if not 1 <= args.repeat <= MAX_REPEAT:
@@ -616,6 +623,17 @@ def main(argv: list[str] | None = None) -> None:
         print(st.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         write_parquet(st, out / "startup.parquet", {"argv": sys.argv})
         written.append(out / "startup.parquet")
+    if args.probe:
+        pt, notes = probe_bench.table(quick=args.quick, repeat=args.repeat, device=args.device,
+                                      dtype=args.dtype)
+        print(f"harness.probe, vmap over replicates vs a loop (best of {args.repeat}; load "
+              f"{load_average():.2f}; ratio = loop / vmap, > 1: vmap faster):")
+        for n in notes:
+            print(f"  {n}")
+        if len(pt):
+            print(pt.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            write_parquet(pt.assign(load=load_average()), out / "probe.parquet", {"argv": sys.argv})
+            written.append(out / "probe.parquet")
     print("written: " + ", ".join(map(str, written)))
 
 

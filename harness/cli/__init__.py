@@ -59,7 +59,7 @@ def groups() -> dict[str, list[str]]:
     out = {
         d.name: sorted(p.stem for p in d.glob("*.yaml"))
         for d in sorted(CONF_DIR.iterdir())
-        if d.is_dir()
+        if d.is_dir() and not d.name.startswith(("_", "."))  # not __pycache__ (conf/ is a package)
     }
     out[experiments.GROUP] = experiments.names()
     return out

@@ -61,7 +61,7 @@ def stored_spec(job_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def spec_differences(spec: Spec, stored: Mapping[str, Any]) -> list[str]:
+def spec_differences(spec: Any, stored: Mapping[str, Any]) -> list[str]:
     """Keys where `spec` and a stored spec dict disagree (empty: the same resolved config)."""
     now = json.loads(json.dumps(spec.to_dict(), default=str))
     return sorted(k for k in set(now) | set(stored) if now.get(k) != stored.get(k))
@@ -87,12 +87,15 @@ def run_job(
     command: str | None = None,
     invocation: str | None = None,
     threads: str | None = None,
+    make_spec: Callable[[DictConfig], Any] = Spec.from_config,
 ) -> dict[str, Any]:
     """Run one sweep job through `execute(cfg, job_dir, command=...)`, never raising.
 
     Skips the job if `job_dir` already holds a complete result for the same resolved config,
     and refuses (failed) to overwrite a complete result for a different one. Every outcome is
-    recorded in `job_dir/status.json`; returns that record.
+    recorded in `job_dir/status.json`; returns that record. `make_spec`: the config's validated
+    spec (with `to_dict()`, compared with the stored one to resume): `Spec.from_config`, or the
+    probe's (`harness.probe.spec.ProbeSpec.from_config`).
     """
     out = Path(job_dir)
     t0 = time.perf_counter()
@@ -111,7 +114,7 @@ def run_job(
     write_json(status, out / STATUS)
     remove_stale_temporaries(out)
     try:
-        spec = Spec.from_config(cfg)
+        spec = make_spec(cfg)
         stored = stored_spec(out)
         if stored is not None:
             diff = spec_differences(spec, stored)
@@ -186,13 +189,17 @@ class SweepSummary(Callback):
     At the start it writes `sweep.json` (state `running`, an invocation id the jobs copy into
     their status); at the end `finish` gathers the statuses of this invocation's jobs, prints one
     line (plus one per failed job on stderr) and rewrites `sweep.json` with counts and failures.
+    `cli`: the command that reruns the sweep (`python -m harness.run`, `python -m harness.probe`).
     """
+
+    def __init__(self, cli: str = "python -m harness.run") -> None:
+        self.cli = cli
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global last_summary, current
         last_summary = None
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        current = {"sweep_dir": sweep_dir, "command": sweep_command(config),
+        current = {"sweep_dir": sweep_dir, "command": sweep_command(config, self.cli),
                    "invocation": f"{datetime.now():%Y%m%d-%H%M%S-%f}-{os.getpid()}",
                    "t0": time.perf_counter()}
         write_json({"state": "running", "invocation": current["invocation"], "started": _now(),
@@ -256,11 +263,12 @@ def invocation_of(sweep_dir: str | Path) -> str | None:
         return None
 
 
-def sweep_command(config: DictConfig) -> str:
-    """The command line that reruns (resumes) this sweep into the same directory."""
+def sweep_command(config: DictConfig, cli: str = "python -m harness.run") -> str:
+    """The command line (`cli --multirun ...`) that reruns (resumes) this sweep into the same
+    directory."""
     hc = config.hydra
     task = list(hc.overrides.task)
     hydra_overrides = [o for o in hc.overrides.hydra
                        if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
-    return " ".join(["python -m harness.run --multirun", *task, *hydra_overrides,
+    return " ".join([f"{cli} --multirun", *task, *hydra_overrides,
                      f"hydra.sweep.dir={hc.sweep.dir}"])

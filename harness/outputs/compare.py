@@ -22,7 +22,9 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-MEASUREMENT_COLUMNS = ("layer", "replicate", "quantity", "value", "theory", "run_dir")
+#: a probe run's (harness.probe) rows also name their point: `module`, `module_type`
+MEASUREMENT_COLUMNS = ("layer", "module", "module_type", "replicate", "quantity", "value", "theory",
+                       "run_dir")
 #: config columns in the order reports use them; derived ones (act_params, widths, gain) come after
 #: the keys they follow from, so that those are kept and the derived ones dropped
 PREFERRED = ("act", "scheme", "mode", "arch", "depth", "width", "seed", "batch", "replicates",
@@ -123,6 +125,8 @@ KINDS: dict[str, Kind] = {
     "channel_mean_sq": POSITIVE, "channel_var": POSITIVE, "branch": POSITIVE,
     "jacobian_mean": POSITIVE, "jacobian_var": POSITIVE, "jacobian_rel_var": POSITIVE,
     "correlation": SIGNED,
+    # harness.probe's (measured only, no theory): a module output's mean, its parameters' norm
+    "mean": SIGNED, "param_norm": POSITIVE,
 }
 
 
@@ -211,8 +215,10 @@ def end_of_pass(stats: pd.DataFrame) -> pd.DataFrame:
 # ---- one class per run ----------------------------------------------------------------------------
 DISAGREES, NUMERICAL, BIAS, UNTESTED, AGREES = (
     "disagrees", "numerical", "finite-width bias", "untested (1 replicate)", "agrees")
+#: a run without any theory to compare with (a harness.probe run of an arbitrary model)
+NO_THEORY = "no theory"
 #: the order runs are listed in: the worst real problems first
-CLASSES = (DISAGREES, NUMERICAL, BIAS, UNTESTED, AGREES)
+CLASSES = (DISAGREES, NUMERICAL, BIAS, UNTESTED, AGREES, NO_THEORY)
 #: one line per class: the rule (shown in the report)
 CLASS_RULES = {
     AGREES: "theory within Bonferroni's k standard errors of the replicate mean at every point",
@@ -222,6 +228,7 @@ CLASS_RULES = {
                 f"or |diff| ≥ {TOLERANCE:g} (signed ones)"),
     NUMERICAL: "overflow (inf/nan) or underflow (0) in a measured value",
     UNTESTED: "one replicate, no standard error; within the limits above",
+    NO_THEORY: "measured only: no prediction exists for this run (harness.probe of an arbitrary model)",
 }
 
 
@@ -253,12 +260,16 @@ def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Ass
     A point departs significantly when |mean − theory| > k·s.e., or when its mean is carried by a
     few replicates (`dominated`: the s.e. is then no guide) and its severity ≥ its tolerance.
     k defaults to Bonferroni's `bonferroni_k(m, alpha)` for the run's m points. The class:
-    numerical if a value overflowed (inf/nan) or a positive quantity underflowed to 0; else with
+    no theory when no point has one (harness.probe); numerical if a value overflowed (inf/nan)
+    or a positive quantity underflowed to 0; else with
     one replicate disagrees/untested by the tolerances alone; else agrees with no significant
     departure, finite-width bias when every significant departure has severity < its tolerance
     (points within k s.e. are noise, whatever their severity), disagrees otherwise. The run's
     score and worst point: its largest severity/tolerance among significant departures (else
     among all points)."""
+    if len(d) and not np.isfinite(d["theory"].astype(float)).any():
+        return Assessment(cls=NO_THEORY, score=float("nan"), k=float("nan"), points=0, within=0,
+                          in_range=0, reason=f"measured only: no theory for its {len(d)} points")
     d = d[np.isfinite(d["theory"].astype(float))].reset_index(drop=True)
     quantities, layers = d["quantity"].to_numpy(), d["layer"].to_numpy()
     kinds = [kind(q) for q in quantities]

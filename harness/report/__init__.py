@@ -328,7 +328,8 @@ def _table(frame: pd.DataFrame, row_class=None, code: Sequence[str] = (), *, sor
 
 #: CSS class per run class
 CLASS_CSS = {compare.DISAGREES: "c-disagrees", compare.NUMERICAL: "c-numerical", compare.BIAS: "c-bias",
-             compare.UNTESTED: "c-untested", compare.AGREES: "c-agrees"}
+             compare.UNTESTED: "c-untested", compare.AGREES: "c-agrees",
+             compare.NO_THEORY: "c-untested"}
 #: at most this many runs in the triage block's list of the worst
 WORST = 10
 
@@ -389,11 +390,17 @@ def triage_html(rep: Report) -> list[str]:
           "quantities; runs are sorted by class, then by severity</li></ul>")
     for cls in (compare.DISAGREES, compare.NUMERICAL):
         out += [f"<p><b>{_esc(line)}</b></p>" for line in compare.explain(table, rep.swept, cls)]
-    worst = table[table["class"] != compare.AGREES].head(WORST)
-    if worst.empty:
-        out.append("<p>Every run agrees with its theory.</p>")
+    settled = table["class"].isin([compare.AGREES, compare.NO_THEORY])
+    worst = table[~settled].head(WORST)
+    if worst.empty and (table["class"] == compare.NO_THEORY).all():
+        out.append("<p>No run has a theory to compare with: these are measured only "
+                   "(harness.probe runs; their points are modules in execution order).</p>")
+    elif worst.empty:
+        some_without = (table["class"] == compare.NO_THEORY).any()
+        out.append("<p>Every run with a theory agrees with it.</p>" if some_without
+                   else "<p>Every run agrees with its theory.</p>")
     else:
-        n_bad = int((table["class"] != compare.AGREES).sum())
+        n_bad = int((~settled).sum())
         out.append(f"<p>The worst {len(worst)} of {n_bad} run(s) that do not simply agree:</p>")
         cols = [*rep.swept, "class", "severity", "reason"]
         out.append(_table(worst[[*cols, "run"]], row_class=_class_row,

@@ -92,8 +92,9 @@ def variance_grid(
         ax.grid(True, which="major", alpha=0.3)
         ax.tick_params(labelsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if i == len(row_levels) - 1:
-            ax.set_xlabel("layer $l$", fontsize=9)
+        if i == len(row_levels) - 1:  # a probe run's points are modules (harness.probe)
+            probed = "module" in df and bool(df["module"].notna().any())
+            ax.set_xlabel("module, in execution order" if probed else "layer $l$", fontsize=9)
     handles, labels = [], []
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
