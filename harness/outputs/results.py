@@ -5,8 +5,9 @@ One row per (replicate, layer, quantity): the run's config columns, `layer` (1..
 mean to O(1/n), `harness.theory.nlo`; null where not defined) and `theory_log_var` (the predicted
 variance across networks of ln value: the finite-width band's s²; null where not defined).
 Conv runs also get `positions.parquet`: one row per (layer, position, quantity) with the
-replicate mean, its standard error and the position-resolved theory. Runs with jacobian=k get `jacobian.parquet`: the squared singular
-values of the last layer's input-output Jacobian, per (replicate, input).
+replicate mean, its standard error and the position-resolved theory. Runs with jacobian=k get
+`jacobian.parquet`: the squared singular values of the last layer's input-output Jacobian, per
+(replicate, input).
 """
 
 from __future__ import annotations
