@@ -67,7 +67,7 @@ from harness.core.spec import Spec
 #: the quantities whose NLO mean `predict` gives (Gaussian weights; forward and activation
 #: also for uniform and truncated-normal ones) and those whose spread `log_variance` gives
 MEAN_QUANTITIES = ("forward", "activation", "backward", "weight_grad")
-SPREAD_QUANTITIES = ("forward", "activation")
+SPREAD_QUANTITIES = ("forward", "activation", "backward", "weight_grad")
 
 
 @cache
@@ -115,9 +115,10 @@ class Moments:
     D2: float   # d²D/dq²
     P: float    # E φ(u)² φ'(u)²
     Psi: float  # (E[φ'(u)² u²] − q D)/q²
+    D4: float   # E φ'(u)⁴
 
 
-_NAN = Moments(*([math.nan] * 9))
+_NAN = Moments(*([math.nan] * 10))
 
 
 def moments(act: Activation, q: float) -> Moments:
@@ -137,7 +138,7 @@ def moments(act: Activation, q: float) -> Moments:
     return Moments(
         V=float(w @ f2), V1=float(w @ (f2 * g1)), V2=float(w @ (f2 * g2)), V4=float(w @ (f2 * f2)),
         D=D, D1=float(w @ (d2 * g1)), D2=float(w @ (d2 * g2)), P=float(w @ (f2 * d2)),
-        Psi=(float(w @ (d2 * u2)) - q * D) / (q * q),
+        Psi=(float(w @ (d2 * u2)) - q * D) / (q * q), D4=float(w @ (d2 * d2)),
     )
 
 
@@ -288,17 +289,27 @@ def pair_moments(act: Activation, q: float, c: float) -> dict[str, float]:
     gb = 2 * (db * db + fb * act.ddphi(tb).numpy())
     return {"C": float((W * fa * fb).sum()), "K22": float((W * fa**2 * fb**2).sum()),
             "J31": float((W * fa**3 * fb).sum()), "DD": float((W * da * db).sum()),
+            "D22": float((W * da**2 * db**2).sum()),
             "Kcc": q * q * float((W * ga * gb).sum())}
 
 
-def _pairs(spec: Spec, ch: Chain, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per layer l = 1..L: K22(q^l, c^l), its second c-derivative Kcc and τ_l², the variance of
+def _dd(act: Activation, q: float, c: float) -> float:
+    """E φ'(u_a) φ'(u_b) (`pair_moments`); nan where q is not a finite positive number."""
+    if not (math.isfinite(q) and q > 0):
+        return math.nan
+    return pair_moments(act, q, min(1.0, max(-1.0, c)))["DD"]
+
+
+def _pairs(spec: Spec, ch: Chain, c: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer l = 1..L: K22(q^l, c^l), its second c-derivative Kcc, τ_l², the variance of
     the realized correlation of two inputs: τ_1² from the Gaussian inputs, τ_{l+1}² = C'² τ_l² +
     σ²(c^l)/n_l with the slope C' = σ² q E[φ'(u_a)φ'(u_b)]/q^{l+1} of the correlation map and σ²
-    the delta-method variance of `_cosine_variance` (`pair_moments` for the expectations)."""
+    the delta-method variance of `_cosine_variance` (`pair_moments` for the expectations), and
+    D22 = E φ'(u_a)² φ'(u_b)²."""
     act = spec.activation
     L, n, q0, c0 = spec.depth, ch.n, spec.input_var, spec.input_corr
-    k22, kcc, tau2 = np.full(L, np.nan), np.full(L, np.nan), np.zeros(L)
+    k22, kcc, tau2, d22 = np.full(L, np.nan), np.full(L, np.nan), np.zeros(L), np.full(L, np.nan)
     # layer 1: the inputs are Gaussian pairs of correlation c_0 (φ = identity on x^0)
     tau2[0] = _cosine_variance(q0 * q0 * (1 + 2 * c0 * c0), q0 * c0, 3 * q0 * q0 * c0, q0,
                                3 * q0 * q0, c[0], ch.s2[0] / ch.q[0]) / n[0]
@@ -307,14 +318,14 @@ def _pairs(spec: Spec, ch: Chain, c: np.ndarray) -> tuple[np.ndarray, np.ndarray
         if not (math.isfinite(q) and q > 0):
             break
         pm = pair_moments(act, q, ci)
-        k22[i], kcc[i] = pm["K22"], pm["Kcc"]
+        k22[i], kcc[i], d22[i] = pm["K22"], pm["Kcc"], pm["D22"]
         if i + 1 < L:
             m = ch.m[i]
             slope = ch.s2[i + 1] * q * pm["DD"] / ch.q[i + 1]
             sig2 = _cosine_variance(pm["K22"], pm["C"], pm["J31"], m.V, m.V4, c[i + 1],
                                     ch.s2[i + 1] / ch.q[i + 1])
             tau2[i + 1] = slope**2 * tau2[i] + sig2 / n[i + 1]
-    return k22, kcc, tau2
+    return k22, kcc, tau2, d22
 
 
 def log_variance(spec: Spec, predicted: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -336,7 +347,7 @@ def log_variance(spec: Spec, predicted: Mapping[str, np.ndarray]) -> dict[str, n
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if B > 1:
             c = np.nan_to_num(np.asarray(predicted["correlation"], dtype=np.float64), nan=1.0)
-            k22, kcc, tau2 = _pairs(spec, ch, c)
+            k22, kcc, tau2, d22 = _pairs(spec, ch, c)
             cross = k22 + 0.5 * kcc * tau2 - V**2
         # λ = Var ln Ĝ_bb, κ = Cov(ln Ĝ_aa, ln Ĝ_bb): layer 1 from the Gaussian inputs
         lam, kap = np.zeros(L), np.zeros(L)
@@ -357,5 +368,35 @@ def log_variance(spec: Spec, predicted: Mapping[str, np.ndarray]) -> dict[str, n
         pair_a = ba**2 * kap + np.log1p(cross / (n[1:] * V**2))
         out = {"forward": np.log(f * np.exp(same_f) + (1 - f) * np.exp(pair_f)),
                "activation": np.log(f * np.exp(same_a) + (1 - f) * np.exp(pair_a))[:-1]}
+        if not undefined_reason(spec, "backward"):
+            # backward (gradient independence): δ^L = r gives ln(1 + 2/n_L); each layer k < L
+            # below multiplies by (1/n_k) Σ φ'(h_j)² g_j², g iid N(0, 1): relative variance
+            # (3 E φ'⁴ − D²)/(n_k D²); two inputs' cotangents are independent, so their pair
+            # term is (E φ'_a² φ'_b² − D²)/(n_k D²) only
+            D = np.array([mi.D for mi in ch.m])
+            D4 = np.array([mi.D4 for mi in ch.m])
+            step = np.log1p((3 * D4 - D**2) / (n[1:] * D**2))[:-1]
+            step_x = np.zeros(L - 1)
+            if B > 1:
+                # γ_k² = Var of the realized correlation of δ_a^k, δ_b^k: 1/n_L at the readout
+                # (independent cotangents), then γ_k² = (E φ'_aφ'_b/D)² γ_{k+1}² + D22/(D² n_k);
+                # the pair term of layer k gains 2 γ_{k+1}² D22/D² (E g_a²g_b² = 1 + 2γ²)
+                DD = np.array([_dd(spec.activation, float(qi), float(ci)) for qi, ci in
+                               zip(q[:-1], c[:-1], strict=True)])
+                g2 = 1 / n[L]
+                for k in range(L - 2, -1, -1):
+                    r22 = d22[k] / D[k] ** 2
+                    step_x[k] = np.log1p((d22[k] - D[k] ** 2 + 2 * g2 * d22[k])
+                                         / (n[k + 1] * D[k] ** 2))
+                    g2 = (DD[k] / D[k]) ** 2 * g2 + r22 / n[k + 1]
+            tail = np.concatenate([np.cumsum(step[::-1])[::-1], [0.0]])
+            tail_x = np.concatenate([np.cumsum(step_x[::-1])[::-1], [0.0]])
+            same_b = tail + np.log1p(2 / n[L])
+            out["backward"] = np.log(f * np.exp(same_b) + (1 - f) * np.exp(tail_x))
+            # weight_grad = mean_b D_b^l X_b^{l−1}: the two factors taken as independent
+            same_x = np.concatenate([[np.log1p(2 / n[0])], same_a[:-1]])
+            pair_x = np.concatenate([[np.log1p(2 * c0 * c0 / n[0])], pair_a[:-1]])
+            out["weight_grad"] = np.log(f * np.exp(same_b + same_x)
+                                        + (1 - f) * np.exp(tail_x + pair_x))
     del b2
     return out
