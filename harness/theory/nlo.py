@@ -333,6 +333,26 @@ def _pairs(spec: Spec, ch: Chain, c: np.ndarray
     return k22, kcc, tau2, d22, dd
 
 
+def _chain_sum(alpha: np.ndarray, lam: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """S_l = Var Σ_{k=l}^{L−1} α_k ε_k for ε_k with Cov(ε_k, ε_j) = λ_j ∏_{i=j}^{k−1} β_i (j ≤ k),
+    l = 1..L (S_L = 0); alpha, lam: layers 1..L−1, beta: the L−2 slopes between them."""
+    m = len(alpha)
+    out = np.zeros(m + 1)
+    if m == 0:
+        return out
+    logb = np.concatenate([[0.0], np.cumsum(np.log(np.abs(beta) + 1e-300))])  # ln ∏_{i<k} |β_i|
+    sign = np.concatenate([[1.0], np.cumprod(np.sign(beta))])
+    k, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+    lo, hi = np.minimum(k, j), np.maximum(k, j)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cov = lam[lo] * np.exp(logb[hi] - logb[lo]) * sign[hi] * sign[lo]
+        a = np.nan_to_num(np.outer(alpha, alpha) * cov)
+    # S_l = Σ_{k, j ≥ l} a[k, j]: a reversed two-dimensional cumulative sum
+    rev = a[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
+    out[:m] = np.diagonal(rev)
+    return out
+
+
 def log_variance(spec: Spec, predicted: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """quantity -> s² = ln E[(X/E X)²] per layer of the per-network forward (X = F^l) and
     activation (X = A^l) statistics pooled over the batch, accumulated in log space as a product
@@ -395,6 +415,12 @@ def log_variance(spec: Spec, predicted: Mapping[str, np.ndarray]) -> dict[str, n
                     g2 = (DD[k] / D[k]) ** 2 * g2 + r22 / n[k + 1]
             tail = np.concatenate([np.cumsum(step[::-1])[::-1], [0.0]])
             tail_x = np.concatenate([np.cumsum(step_x[::-1])[::-1], [0.0]])
+            # φ' sees the forward kernel: layer k's factor has mean D(Ĝ^k), so ln backward^l
+            # also carries Σ_{k ≥ l} α_k ln(Ĝ^k/q^k), α = q D'/D, whose terms are correlated
+            # along the forward chain: Cov(ln Ĝ^k, ln Ĝ^j) = λ_j ∏_{i=j}^{k−1} β_i (j ≤ k)
+            alpha = (q * np.array([mi.D1 for mi in ch.m]) / D)[:-1]
+            tail += _chain_sum(alpha, lam[:-1], beta[:-1])
+            tail_x += _chain_sum(alpha, kap[:-1], beta[:-1])
             same_b = tail + np.log1p(2 / n[L])
             out["backward"] = np.log(f * np.exp(same_b) + (1 - f) * np.exp(tail_x))
             # weight_grad = mean_b D_b^l X_b^{l−1}: the two factors taken as independent
