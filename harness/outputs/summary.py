@@ -32,7 +32,8 @@ def numeric_events(df: pd.DataFrame) -> list[str]:
 def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
     """Per quantity: the last layer's replicate mean ± standard error, theory, their ratio, the 1/n
     theory (`theory_nlo`) and the ratio to it where the run has one, and the replicates' median
-    over theory; the worst severity over layers (against the 1/n theory where defined) (`harness.outputs.compare.kind`:
+    over theory; the worst severity over layers, against the 1/n theory where defined
+    (`harness.outputs.compare.kind`:
     |log10(mean/theory)| for positive quantities, |mean − theory| for signed ones such as the
     correlation); how many layers agree within k standard errors. Then a `heavy tail:` line per
     quantity whose mean is carried by a few replicates (`compare.layer_stats`' `dominated`), and
