@@ -444,9 +444,11 @@ def explain(table: pd.DataFrame, keys: Sequence[str], cls: str = DISAGREES) -> l
     """Which swept keys explain the runs of class `cls` in an `agreement` table, as sentences.
 
     The values every such run shares ("all 10 disagreements have act=gelu and scheme=kaiming"),
-    with how many of the runs that have those values are in the class; when they share none, the
-    one key=value or pair of them that best separates the class (largest F1 = 2·hits/(class runs
-    + runs with those values))."""
+    with how many of the runs that have those values are in the class, and, when the one key
+    value or pair that best separates the class (largest F1 = 2·hits/(class runs + runs with
+    those values)) separates it better than the shared values, a second sentence naming it ("10
+    of them have act=gelu and scheme=kaiming (10 of the 10 runs with these values)"); when they
+    share none, that best key value or pair."""
     hit = table["class"] == cls
     n = int(hit.sum())
     if not n or not keys:
@@ -454,14 +456,6 @@ def explain(table: pd.DataFrame, keys: Sequence[str], cls: str = DISAGREES) -> l
     label = "disagreements" if cls == DISAGREES else f"{cls} runs"
     shared = {key: table.loc[hit, key].iloc[0] for key in keys
               if table.loc[hit, key].nunique(dropna=False) == 1}
-    if shared:
-        with_values = int(_matching(table, shared).sum())
-        head = (f"all {n} {label} have {_values(shared)}" if n > 1
-                else f"the one {label[:-1]} has {_values(shared)}")
-        these = "these values" if len(shared) > 1 else "this value"
-        share = (f"the only run with {these}" if with_values == 1
-                 else f"{n} of the {with_values} runs with {these}")
-        return [f"{head} ({share})"]
     best: tuple[float, dict[str, object]] | None = None
     for size in (1, 2):
         for combo in combinations(keys, size):
@@ -475,9 +469,22 @@ def explain(table: pd.DataFrame, keys: Sequence[str], cls: str = DISAGREES) -> l
     cond = best[1]
     matching = _matching(table, cond)
     covered = int((matching & hit).sum())
+    these_best = "these values" if len(cond) > 1 else "this value"
+    if shared:
+        with_values = int(_matching(table, shared).sum())
+        head = (f"all {n} {label} have {_values(shared)}" if n > 1
+                else f"the one {label[:-1]} has {_values(shared)}")
+        these = "these values" if len(shared) > 1 else "this value"
+        share = (f"the only run with {these}" if with_values == 1
+                 else f"{n} of the {with_values} runs with {these}")
+        lines = [f"{head} ({share})"]
+        # the shared values are common elsewhere too: name the key values that separate better
+        if best[0] > 2 * n / (n + with_values) + 1e-12 and covered < n:
+            lines.append(f"{covered} of them have {_values(cond)} ({covered} of the "
+                         f"{int(matching.sum())} runs with {these_best})")
+        return lines
     return [f"{covered} of the {n} {label} have {_values(cond)} ({covered} of the {int(matching.sum())} "
-            f"runs with {'these values' if len(cond) > 1 else 'this value'}); no key value is "
-            f"shared by all"]
+            f"runs with {these_best}); no key value is shared by all"]
 
 
 def _values(cond: dict[str, object]) -> str:
