@@ -118,7 +118,7 @@ class Moments:
     D4: float   # E φ'(u)⁴
 
 
-_NAN = Moments(*([math.nan] * 10))
+_NAN = Moments(*([np.float64(math.nan)] * 10))
 
 
 def moments(act: Activation, q: float) -> Moments:
@@ -129,16 +129,25 @@ def moments(act: Activation, q: float) -> Moments:
         return _NAN
     u, w = gaussian_rule(q)
     t = torch.from_numpy(u)
-    f2 = act.phi(t).numpy() ** 2
-    d2 = act.dphi(t).numpy() ** 2
-    u2 = u * u
-    g1 = (u2 - q) / (2 * q * q)
-    g2 = (u2 * u2 - 6 * q * u2 + 3 * q * q) / (4 * q**4)
-    D = float(w @ d2)
+    q = np.float64(q)  # an overflowing run's q: inf/nan moments, not a Python OverflowError
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        f2 = act.phi(t).numpy() ** 2
+        d2 = act.dphi(t).numpy() ** 2
+        u2 = u * u
+        g1 = (u2 - q) / (2 * q * q)
+        g2 = (u2 * u2 - 6 * q * u2 + 3 * q * q) / (4 * q**4)
+        return _moments(w, f2, d2, u2, g1, g2, q)
+
+
+def _moments(w: np.ndarray, f2: np.ndarray, d2: np.ndarray, u2: np.ndarray, g1: np.ndarray,
+             g2: np.ndarray, q: float) -> Moments:
+    """`Moments` from the rule's weights and the integrands on its nodes."""
+    f = np.float64
+    D = f(w @ d2)
     return Moments(
-        V=float(w @ f2), V1=float(w @ (f2 * g1)), V2=float(w @ (f2 * g2)), V4=float(w @ (f2 * f2)),
-        D=D, D1=float(w @ (d2 * g1)), D2=float(w @ (d2 * g2)), P=float(w @ (f2 * d2)),
-        Psi=(float(w @ (d2 * u2)) - q * D) / (q * q), D4=float(w @ (d2 * d2)),
+        V=f(w @ f2), V1=f(w @ (f2 * g1)), V2=f(w @ (f2 * g2)), V4=f(w @ (f2 * f2)),
+        D=D, D1=f(w @ (d2 * g1)), D2=f(w @ (d2 * g2)), P=f(w @ (f2 * d2)),
+        Psi=(f(w @ (d2 * u2)) - q * D) / (q * q), D4=f(w @ (d2 * d2)),
     )
 
 
