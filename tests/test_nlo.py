@@ -255,8 +255,11 @@ GRID = [(10, 32), (20, 64), (50, 256)]  # (depth, width): L/n = 0.31, 0.31, 0.2
 @pytest.mark.parametrize("act", ("tanh", "gelu", "silu", "sigmoid", "selu", "elu"))
 @pytest.mark.parametrize("depth,width", GRID)
 def test_grid_means_agree_with_nlo_not_mean_field(act, depth, width):
+    # selu and sigmoid under xavier stay near their fixed points, where the 1/n correction is
+    # below what 1500 networks resolve (measured: sigmoid at depth 10, width 32, mean-field
+    # z = 3.46 < k = 4.21): NLO must agree, mean-field need not fail
     _check_means((f"act={act}", "scheme=xavier", f"depth={depth}", f"width={width}", "batch=4",
-                  "seed=11"), 1500, paired=act not in ("selu",))
+                  "seed=11"), 1500, paired=act not in ("selu", "sigmoid"))
 
 
 @pytest.mark.slow
