@@ -59,7 +59,7 @@ from harness.outputs.results import (
 from harness.sim import jacobian, lsuv
 from harness.sim.chunks import CHUNKS
 from harness.sim.runner import Measurement, measure
-from harness.theory import criticality, finite_width
+from harness.theory import criticality, finite_width, nlo
 from harness.theory.meanfield import predict
 
 if TYPE_CHECKING:
@@ -73,7 +73,8 @@ CLI = "python -m harness.run"
 class Result:
     """One run, in memory: its config, the tidy frame and everything the CLI prints or writes.
 
-    frame: one row per (replicate, layer, quantity) with `value` (measured) and `theory`;
+    frame: one row per (replicate, layer, quantity) with `value` (measured), `theory`, and
+    `theory_nlo`, `theory_log_var` (the 1/n theory, null where not defined);
     positions: a conv run's position-resolved frame (else None); notes: the verdict's extra lines
     (criticality, finite-width coverage, lsuv, Jacobian slope).
     """
@@ -114,7 +115,8 @@ class Result:
             b = self.band
             bands = {"forward": (b.lower, b.upper)} if b.lower is not None else None
             note = criticality.describe(self.criticality, short=True)
-            return plots.variance(self.frame, bands=bands, note=note)
+            return plots.variance(self.frame, bands=bands, note=note,
+                                  band_label=b.source.split(" 2019")[0])
         if kind == "positions" and self.positions is not None:
             return plots.positions(self.positions)
         kinds = "variance, positions" if self.positions is not None else "variance"
@@ -187,12 +189,18 @@ def compute(cfg: DictConfig, spec: Spec | None = None, *, progress: bool = False
     m = measure(spec, progress=progress, chunks_dir=None if chunks_dir is None else Path(chunks_dir))
     theory_var_w = m.info.get("weight_variances")  # lsuv: its mean-field gains
     predicted = predict(spec, theory_var_w)
-    df = to_frame(spec, m.values, predicted)
+    # the 1/n theory (harness.theory.nlo): the NLO mean and the spread, where defined (never
+    # at lsuv's realized gains: its orthogonal draws are not iid)
+    nlo_mean = nlo.predict(spec, predicted) if theory_var_w is None else {}
+    spread = nlo.log_variance(spec, predicted) if nlo_mean else {}
+    crit = criticality.for_spec(spec, theory_var_w)
+    band = finite_width.band(spec, predicted["forward"], predicted.get("correlation"),
+                             nlo_mean=nlo_mean.get("forward"), nlo_log_var=spread.get("forward"))
+    log_var = {**spread, **({"forward": band.log_var} if band.log_var is not None else {})}
+    df = to_frame(spec, m.values, predicted, nlo_mean, log_var)
     pos = None
     if POSITION_MAPS in spec.architecture.capabilities:
         pos = positions_frame(spec, m.positions, spec.architecture.position_maps(spec))
-    crit = criticality.for_spec(spec, theory_var_w)
-    band = finite_width.band(spec, predicted["forward"], predicted.get("correlation"))
     coverage = finite_width.coverage(band, m.values["forward"])
     notes = [criticality.describe(crit), finite_width.describe(coverage, spec.replicates)]
     if "lsuv" in m.info:

@@ -41,7 +41,9 @@ def test_meanfield_tanh_run_stores_the_criticality_of_its_sigmas(tmp_path, capsy
     assert meta["criticality"]["phase"] == "chaotic"
     assert meta["spec"]["bias_std"] == pytest.approx(math.sqrt(0.2))
     assert meta["spec"]["scheme_params"] == {"sigma_w2": 3.0, "sigma_b2": 0.2}
-    assert "finite-width band: n/a (defined for the relu family" in out
+    # tanh has no Hanin & Nica band: the four-point vertex gives it one (harness.theory.nlo)
+    assert "finite-width band (four-point vertex, 1/n, central 95%)" in out
+    assert meta["finite_width_band"]["source"] == "four-point vertex, 1/n"
 
 
 def test_lsuv_run_logs_its_calibration(tmp_path, capsys):

@@ -24,7 +24,7 @@ import pandas as pd
 
 #: a probe run's (harness.probe) rows also name their point: `module`, `module_type`
 MEASUREMENT_COLUMNS = ("layer", "module", "module_type", "replicate", "quantity", "value", "theory",
-                       "run_dir")
+                       "theory_nlo", "theory_log_var", "run_dir")
 #: config columns in the order reports use them; derived ones (act_params, widths, gain) come after
 #: the keys they follow from, so that those are kept and the derived ones dropped
 PREFERRED = ("act", "scheme", "mode", "arch", "depth", "width", "seed", "batch", "replicates",
@@ -153,7 +153,9 @@ def tail_limit(n: pd.Series | np.ndarray) -> np.ndarray:
 
 def layer_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Per (run_dir, quantity, layer): replicate mean, median, min, max, standard error, finite
-    count n, replicate count R, theory, `n_half` (the fewest replicates whose values make up half
+    count n, replicate count R, theory, `theory_nlo` and `log_var` (the frame's `theory_nlo` and
+    `theory_log_var`, NaN where absent), `reference` (the prediction the rules compare with:
+    theory_nlo where defined, else theory), `n_half` (the fewest replicates whose values make up half
     of the sum: 1 ≤ n_half ≤ ⌈n/2⌉ for light tails ~ n/2) and `dominated` (the mean is carried by
     a few replicates: n ≥ TAIL_MIN_REPLICATES, n_half ≤ max(1, ⌊n/8⌋), positive kinds only).
     Non-finite values (overflow) are kept out of every statistic. A frame without `run_dir` (one
@@ -176,10 +178,32 @@ def layer_stats(df: pd.DataFrame) -> pd.DataFrame:
     out["n"] = out["n"].fillna(0).astype(int)
     out["R"] = whole.size()
     out["theory"] = whole["theory"].first()
+    for col, name in (("theory_nlo", "theory_nlo"), ("theory_log_var", "log_var")):
+        out[name] = (whole[col].first().astype(float) if col in df
+                     else pd.Series(np.nan, index=out.index))
+    # the prediction each point is compared with: the 1/n one where defined, else mean-field
+    out["reference"] = out["theory_nlo"].where(np.isfinite(out["theory_nlo"]), out["theory"])
     out = out.reset_index()
     positive = ~out["quantity"].map(lambda q: kind(q).signed).astype(bool)
     out["dominated"] = (positive & (out["n"] >= TAIL_MIN_REPLICATES) & (out["min"] >= 0)
                         & (out["n_half"] <= tail_limit(out["n"])))
+    return out
+
+
+def within_spread(mean: np.ndarray, reference: np.ndarray, log_var: np.ndarray, n: np.ndarray,
+                  k: float) -> np.ndarray:
+    """Whether the replicate mean of n networks lies where the predicted across-network spread
+    puts it: each network's value log-normal around `reference` with Var ln = s² (`log_var`), so
+    their mean of n is (Fenton–Wilkinson) log-normal with the same mean and
+    σ_n² = ln(1 + (e^{s²} − 1)/n): |ln(mean/reference) + σ_n²/2| ≤ k σ_n. False where s² is not
+    defined (NaN) or mean/reference is not a finite positive ratio."""
+    m, r = np.asarray(mean, dtype=float), np.asarray(reference, dtype=float)
+    s2, nn = np.asarray(log_var, dtype=float), np.asarray(n, dtype=float)
+    ok = np.isfinite(m) & np.isfinite(r) & (m > 0) & (r > 0) & np.isfinite(s2) & (s2 >= 0) & (nn > 0)
+    out = np.zeros(m.shape, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        sig2 = np.log1p(np.expm1(s2[ok]) / nn[ok])
+        out[ok] = np.abs(np.log(m[ok] / r[ok]) + sig2 / 2) <= k * np.sqrt(sig2)
     return out
 
 
@@ -221,11 +245,13 @@ NO_THEORY = "no theory"
 CLASSES = (DISAGREES, NUMERICAL, BIAS, UNTESTED, AGREES, NO_THEORY)
 #: one line per class: the rule (shown in the report)
 CLASS_RULES = {
-    AGREES: "theory within Bonferroni's k standard errors of the replicate mean at every point",
+    AGREES: ("theory within Bonferroni's k standard errors of the replicate mean, or within what "
+             "the predicted spread across networks allows for a mean of R, at every point"),
     BIAS: (f"significant departures, each with |log10 r| < {TOLERANCE:g} (positive quantities) "
            f"or |diff| < {TOLERANCE:g} (signed ones, e.g. correlation)"),
     DISAGREES: (f"a significant departure with |log10 r| ≥ {TOLERANCE:g} (positive quantities) "
-                f"or |diff| ≥ {TOLERANCE:g} (signed ones)"),
+                f"or |diff| ≥ {TOLERANCE:g} (signed ones), outside the predicted spread where the "
+                f"theory has one"),
     NUMERICAL: "overflow (inf/nan) or underflow (0) in a measured value",
     UNTESTED: "one replicate, no standard error; within the limits above",
     NO_THEORY: "measured only: no prediction exists for this run (harness.probe of an arbitrary model)",
@@ -237,7 +263,9 @@ class Assessment:
     """One run against its theory: `cls` (one of CLASSES), `score` (its worst severity in units of
     its kind's tolerance: max over points of severity/tolerance, comparable across quantities),
     the worst point and a one-line `reason`, the counts behind the class, and per quantity the
-    worst severity (`worst`: {quantity: (severity, layer)})."""
+    worst severity (`worst`: {quantity: (severity, layer)}). `against`: the prediction it was
+    compared with ("1/n" where some point has `theory_nlo`, else "mean-field");
+    `meanfield_factor`: the mean against the mean-field theory at the worst point."""
 
     cls: str
     score: float
@@ -251,14 +279,20 @@ class Assessment:
     mean_factor: str = ""
     median_factor: str = ""
     tail: str = ""
+    against: str = "mean-field"
+    meanfield_factor: str = ""
     worst: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Assessment:
     """Classify one run from its `layer_stats` rows (points without theory are left out).
 
-    A point departs significantly when |mean − theory| > k·s.e., or when its mean is carried by a
-    few replicates (`dominated`: the s.e. is then no guide) and its severity ≥ its tolerance.
+    Each point is compared with its `reference` (the 1/n prediction `theory_nlo` where defined,
+    else the mean-field `theory`). A point departs significantly when |mean − reference| > k·s.e.,
+    or when its mean is carried by a few replicates (`dominated`: the s.e. is then no guide) and
+    its severity ≥ its tolerance; but never where the theory predicts its spread across networks
+    (`log_var`) and the mean lies within what that spread allows for n replicates
+    (`within_spread`).
     k defaults to Bonferroni's `bonferroni_k(m, alpha)` for the run's m points. The class:
     no theory when no point has one (harness.probe); numerical if a value overflowed (inf/nan)
     or a positive quantity underflowed to 0; else with
@@ -267,22 +301,30 @@ def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Ass
     (points within k s.e. are noise, whatever their severity), disagrees otherwise. The run's
     score and worst point: its largest severity/tolerance among significant departures (else
     among all points)."""
-    if len(d) and not np.isfinite(d["theory"].astype(float)).any():
+    ref = "reference" if "reference" in d else "theory"
+    if len(d) and not np.isfinite(d[ref].astype(float)).any():
         return Assessment(cls=NO_THEORY, score=float("nan"), k=float("nan"), points=0, within=0,
                           in_range=0, reason=f"measured only: no theory for its {len(d)} points")
-    d = d[np.isfinite(d["theory"].astype(float))].reset_index(drop=True)
+    d = d[np.isfinite(d[ref].astype(float))].reset_index(drop=True)
     quantities, layers = d["quantity"].to_numpy(), d["layer"].to_numpy()
     kinds = [kind(q) for q in quantities]
-    mean, theory = d["mean"].to_numpy(dtype=float), d["theory"].to_numpy(dtype=float)
+    mean, theory = d["mean"].to_numpy(dtype=float), d[ref].to_numpy(dtype=float)
+    meanfield = d["theory"].to_numpy(dtype=float)
+    nlo = (np.isfinite(d["theory_nlo"].to_numpy(dtype=float)) if "theory_nlo" in d
+           else np.zeros(len(d), dtype=bool))
+    log_var = d["log_var"].to_numpy(dtype=float) if "log_var" in d else np.full(len(d), np.nan)
     sev = np.array([kd.severity([m], [t])[0] for kd, m, t in zip(kinds, mean, theory, strict=True)])
     score = sev / np.array([kd.tolerance for kd in kinds]) if len(d) else sev
     k_run = bonferroni_k(len(d), alpha) if k is None else k
     dominated = d["dominated"].to_numpy(dtype=bool)
+    # a mean within what the predicted spread across networks allows for n replicates is no
+    # departure, whatever its sample s.e. (16 replicates of a log-normal understate it)
+    spread_ok = within_spread(mean, theory, log_var, d["n"].to_numpy(), k_run)
     with np.errstate(invalid="ignore"):
-        beyond = np.abs(mean - theory) > k_run * d["sem"].to_numpy(dtype=float)
-        significant = beyond | (dominated & (score >= 1))
+        beyond = (np.abs(mean - theory) > k_run * d["sem"].to_numpy(dtype=float)) & ~spread_ok
+        significant = beyond | (dominated & (score >= 1) & ~spread_ok)
     within = int((~beyond & np.isfinite(d["sem"].to_numpy(dtype=float))).sum())
-    in_range = int(((d["min"] <= d["theory"]) & (d["theory"] <= d["max"])).sum())
+    in_range = int(((d["min"] <= d[ref]) & (d[ref] <= d["max"])).sum())
     overflow = (d["n"] < d["R"]).to_numpy()
     signed = np.array([kd.signed for kd in kinds], dtype=bool)
     underflow = ~signed & (d["min"].to_numpy(dtype=float) == 0)
@@ -308,7 +350,7 @@ def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Ass
     else:
         cls = DISAGREES
     out = Assessment(cls=cls, score=top, k=k_run, points=len(d), within=within, in_range=in_range,
-                     reason="", worst=worst)
+                     reason="", worst=worst, against="1/n" if nlo.any() else "mean-field")
     if cls == NUMERICAL:
         # the first quantity in KINDS order, at its first layer
         order = list(KINDS)
@@ -329,12 +371,14 @@ def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Ass
     out.quantity, out.layer = str(quantities[i]), int(layers[i])
     out.mean_factor = kd.factor(mean[i], theory[i])
     out.median_factor = kd.factor(float(d["median"].iloc[i]), theory[i])
+    out.meanfield_factor = kd.factor(mean[i], meanfield[i])
+    label = "1/n theory" if nlo[i] else "theory"
     if dominated[i]:
         out.tail = f"mean carried by {int(d['n_half'].iloc[i])} of {int(d['n'].iloc[i])} replicates"
     sem = float(d["sem"].iloc[i])
     z = abs(mean[i] - theory[i]) / sem if sem > 0 else np.inf
-    parts = [f"{out.quantity} layer {out.layer}: mean {out.mean_factor} of theory"
-             if not kd.signed else f"{out.quantity} layer {out.layer}: mean {out.mean_factor} from theory",
+    parts = [f"{out.quantity} layer {out.layer}: mean {out.mean_factor} of {label}"
+             if not kd.signed else f"{out.quantity} layer {out.layer}: mean {out.mean_factor} from {label}",
              f"{kd.measure} {sev[i]:.3g}"]
     if np.isfinite(z) and cls != AGREES and not out.tail:
         parts.append(f"{z:.1f} s.e.")
@@ -355,8 +399,10 @@ def agreement(
 ) -> pd.DataFrame:
     """One row per run (`assess`): its swept keys, `class`, `severity` (the worst severity in
     units of its kind's tolerance, comparable across quantities), the worst point (`worst at`),
-    the replicate mean and median there against theory (a factor for positive quantities, a
-    difference for signed ones), `tail` (when the mean is carried by a few replicates), the worst
+    `compared with` (the prediction: "1/n" where the run has `theory_nlo`, else "mean-field"),
+    the replicate mean and median there against that theory (a factor for positive quantities, a
+    difference for signed ones), the mean against the mean-field theory (`mean vs mean-field`),
+    `tail` (when the mean is carried by a few replicates), the worst
     |log10 r| over layers of forward and backward, k, how many points have theory within k s.e.
     and within the replicates' min–max range, and the one-line `reason`. k defaults to
     Bonferroni's for the run's points. Sorted by class (CLASSES: the worst real problems first),
@@ -373,8 +419,10 @@ def agreement(
         row["class"] = a.cls
         row["severity"] = a.score
         row["worst at"] = f"{a.quantity} layer {a.layer}" if a.quantity else ""
+        row["compared with"] = a.against
         row["mean vs theory"] = a.mean_factor
         row["median vs theory"] = a.median_factor
+        row["mean vs mean-field"] = a.meanfield_factor
         row["tail"] = a.tail
         for q in ("forward", "backward"):
             if q in set(d["quantity"]):
@@ -406,9 +454,11 @@ def explain(table: pd.DataFrame, keys: Sequence[str], cls: str = DISAGREES) -> l
     """Which swept keys explain the runs of class `cls` in an `agreement` table, as sentences.
 
     The values every such run shares ("all 10 disagreements have act=gelu and scheme=kaiming"),
-    with how many of the runs that have those values are in the class; when they share none, the
-    one key=value or pair of them that best separates the class (largest F1 = 2·hits/(class runs
-    + runs with those values))."""
+    with how many of the runs that have those values are in the class, and, when the one key
+    value or pair that best separates the class (largest F1 = 2·hits/(class runs + runs with
+    those values)) separates it better than the shared values, a second sentence naming it ("10
+    of them have act=gelu and scheme=kaiming (10 of the 10 runs with these values)"); when they
+    share none, that best key value or pair."""
     hit = table["class"] == cls
     n = int(hit.sum())
     if not n or not keys:
@@ -416,14 +466,6 @@ def explain(table: pd.DataFrame, keys: Sequence[str], cls: str = DISAGREES) -> l
     label = "disagreements" if cls == DISAGREES else f"{cls} runs"
     shared = {key: table.loc[hit, key].iloc[0] for key in keys
               if table.loc[hit, key].nunique(dropna=False) == 1}
-    if shared:
-        with_values = int(_matching(table, shared).sum())
-        head = (f"all {n} {label} have {_values(shared)}" if n > 1
-                else f"the one {label[:-1]} has {_values(shared)}")
-        these = "these values" if len(shared) > 1 else "this value"
-        share = (f"the only run with {these}" if with_values == 1
-                 else f"{n} of the {with_values} runs with {these}")
-        return [f"{head} ({share})"]
     best: tuple[float, dict[str, object]] | None = None
     for size in (1, 2):
         for combo in combinations(keys, size):
@@ -437,9 +479,22 @@ def explain(table: pd.DataFrame, keys: Sequence[str], cls: str = DISAGREES) -> l
     cond = best[1]
     matching = _matching(table, cond)
     covered = int((matching & hit).sum())
+    these_best = "these values" if len(cond) > 1 else "this value"
+    if shared:
+        with_values = int(_matching(table, shared).sum())
+        head = (f"all {n} {label} have {_values(shared)}" if n > 1
+                else f"the one {label[:-1]} has {_values(shared)}")
+        these = "these values" if len(shared) > 1 else "this value"
+        share = (f"the only run with {these}" if with_values == 1
+                 else f"{n} of the {with_values} runs with {these}")
+        lines = [f"{head} ({share})"]
+        # the shared values are common elsewhere too: name the key values that separate better
+        if best[0] > 2 * n / (n + with_values) + 1e-12 and covered < n:
+            lines.append(f"{covered} of them have {_values(cond)} ({covered} of the "
+                         f"{int(matching.sum())} runs with {these_best})")
+        return lines
     return [f"{covered} of the {n} {label} have {_values(cond)} ({covered} of the {int(matching.sum())} "
-            f"runs with {'these values' if len(cond) > 1 else 'this value'}); no key value is "
-            f"shared by all"]
+            f"runs with {these_best}); no key value is shared by all"]
 
 
 def _values(cond: dict[str, object]) -> str:

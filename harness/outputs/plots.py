@@ -79,17 +79,32 @@ def title_of(df: pd.DataFrame) -> str:
     )
 
 
+def _nlo(df: pd.DataFrame, q: str) -> pd.Series | None:
+    """The quantity's `theory_nlo` per layer where the frame has it and it differs from the
+    mean-field theory somewhere (relu and linear: equal, not drawn), else None."""
+    if "theory_nlo" not in df:
+        return None
+    d = df[(df["quantity"] == q) & (df["replicate"] == df["replicate"].min())]
+    nlo = d.set_index("layer")["theory_nlo"].astype(float)
+    if not np.isfinite(nlo).any() or np.allclose(nlo, d["theory"].to_numpy(dtype=float),
+                                                  rtol=1e-9, equal_nan=True):
+        return None
+    return nlo
+
+
 def variance(
     df: pd.DataFrame,
     quantities: tuple[str, ...] = ("forward", "backward", "correlation", "jacobian_rel_var"),
     *,
     bands: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     note: str | None = None,
+    band_label: str = "Hanin & Nica",
 ) -> Figure:
     """Measured per-layer moments (replicate mean, band = replicate min–max) vs theory, log y
-    (correlation: linear y). `bands` adds a theory band per quantity (lower, upper per layer,
-    e.g. the finite-width band of the forward moment); `note` a second title line (e.g. the
-    criticality summary). Quantities absent from df are skipped."""
+    (correlation: linear y), and the 1/n theory (`theory_nlo`) where the frame has it. `bands`
+    adds a theory band per quantity (lower, upper per layer, e.g. the finite-width band of the
+    forward moment, labelled with `band_label`, its source); `note` a second title line (e.g.
+    the criticality summary). Quantities absent from df are skipped."""
     present = set(df["quantity"].unique())
     quantities = tuple(q for q in quantities if q in present)
     s = layer_summary(df)
@@ -110,11 +125,14 @@ def variance(
         if bands and q in bands:
             lo, hi = bands[q]
             ax.plot(d["layer"], lo, ":", lw=1.4, color="C3",
-                    label="finite-width 95% band (Hanin & Nica)")
+                    label=f"finite-width 95% band ({band_label})")
             ax.plot(d["layer"], hi, ":", lw=1.4, color="C3")
         ok = np.isfinite(d["theory"]) & (True if linear else d["theory"] > 0)
         ax.plot(d["layer"], d["theory"].where(ok), "--", lw=1.5, color="k",
                 label="mean-field theory")
+        nlo = _nlo(df, q)
+        if nlo is not None:
+            ax.plot(nlo.index, nlo.to_numpy(), "-.", lw=1.3, color="C2", label="1/n theory (NLO)")
         if not linear:
             log_y(ax)
         ax.set_xlabel("layer l")

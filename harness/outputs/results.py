@@ -1,10 +1,13 @@
 """Tidy results: build the long DataFrame, write it atomically with how it was made, load it.
 
 One row per (replicate, layer, quantity): the run's config columns, `layer` (1..L), `replicate`,
-`quantity`, `value` (measured) and `theory` (predicted). Conv runs also get `positions.parquet`:
-one row per (layer, position, quantity) with the replicate mean, its standard error and the
-position-resolved theory. Runs with jacobian=k get `jacobian.parquet`: the squared singular
-values of the last layer's input-output Jacobian, per (replicate, input).
+`quantity`, `value` (measured) and `theory` (predicted, mean-field), `theory_nlo` (the ensemble
+mean to O(1/n), `harness.theory.nlo`; null where not defined) and `theory_log_var` (the predicted
+variance across networks of ln value: the finite-width band's s²; null where not defined).
+Conv runs also get `positions.parquet`: one row per (layer, position, quantity) with the
+replicate mean, its standard error and the position-resolved theory. Runs with jacobian=k get
+`jacobian.parquet`: the squared singular values of the last layer's input-output Jacobian, per
+(replicate, input).
 """
 
 from __future__ import annotations
@@ -46,11 +49,19 @@ NULLABLE = {"width": "Int64", **archs.column_dtypes()}
 DICTIONARY_COLUMNS = ("widths",)
 
 
+#: the columns `to_frame` writes after `theory`: the NLO mean and the predicted Var ln value
+THEORY_EXTRA = ("theory_nlo", "theory_log_var")
+
+
 def to_frame(
-    spec: Spec, measured: Mapping[str, np.ndarray], predicted: Mapping[str, np.ndarray]
+    spec: Spec, measured: Mapping[str, np.ndarray], predicted: Mapping[str, np.ndarray],
+    nlo: Mapping[str, np.ndarray] | None = None, log_var: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Long format: measured (R, layers) and predicted (layers,) side by side per row."""
+    """Long format: measured (R, layers) and predicted (layers,) side by side per row; `nlo`
+    and `log_var` (quantity -> (layers,), where defined) fill `theory_nlo` and `theory_log_var`
+    (NaN, stored as null, elsewhere)."""
     parts = []
+    extra_theory = {"theory_nlo": nlo or {}, "theory_log_var": log_var or {}}
     for quantity in spec.quantities:
         m = np.asarray(measured[quantity], dtype=np.float64)
         R, n = m.shape
@@ -64,6 +75,9 @@ def to_frame(
                     "quantity": quantity,
                     "value": m.ravel(),
                     "theory": np.tile(np.asarray(predicted[quantity], dtype=np.float64), R),
+                    **{name: np.tile(np.asarray(src[quantity], dtype=np.float64), R)
+                       if quantity in src else np.full(R * n, np.nan)
+                       for name, src in extra_theory.items()},
                 }
             )
         )
@@ -71,10 +85,11 @@ def to_frame(
     cols = _with_config(df, spec)
     df["quantity"] = df["quantity"].astype("string")
     extra_cols = [c for c in df.columns if c not in (*cols, "layer", "replicate", "quantity", "value",
-                                                     "theory")]
+                                                     "theory", *THEORY_EXTRA)]
     for c in extra_cols:  # rows of the other quantities: <NA>
         df[c] = df[c].astype("Int64")
-    return df[[*cols, "layer", *extra_cols, "replicate", "quantity", "value", "theory"]]
+    return df[[*cols, "layer", *extra_cols, "replicate", "quantity", "value", "theory",
+               *THEORY_EXTRA]]
 
 
 def layer_matrix(run: pd.DataFrame, quantity: str, column: str = "value") -> np.ndarray:

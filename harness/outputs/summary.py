@@ -30,16 +30,20 @@ def numeric_events(df: pd.DataFrame) -> list[str]:
 
 
 def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
-    """Per quantity: the last layer's replicate mean ± standard error, theory, their ratio and the
-    replicates' median over theory; the worst severity over layers (`harness.outputs.compare.kind`:
+    """Per quantity: the last layer's replicate mean ± standard error, theory, their ratio, the 1/n
+    theory (`theory_nlo`) and the ratio to it where the run has one, and the replicates' median
+    over theory; the worst severity over layers, against the 1/n theory where defined
+    (`harness.outputs.compare.kind`:
     |log10(mean/theory)| for positive quantities, |mean − theory| for signed ones such as the
     correlation); how many layers agree within k standard errors. Then a `heavy tail:` line per
     quantity whose mean is carried by a few replicates (`compare.layer_stats`' `dominated`), and
     the run's class (`compare.assess`, Bonferroni's k over all points) with its one-line reason."""
     s = compare.layer_stats(df)
     w = max(12, *(len(q) for q in _present(df)))
+    nlo = bool(np.isfinite(s["theory_nlo"]).any())
     lines = [f"{'quantity':<{w}} {'layer':>5} {'measured ± s.e.':>22} {'theory':>10} {'ratio':>9}"
-             f" {'median r':>8}  {'worst |log10 ratio|':>19}  within {k:g} s.e."]
+             + (f" {'1/n theory':>10} {'ratio':>7}" if nlo else "")
+             + f" {'median r':>8}  {'worst |log10 ratio|':>19}  within {k:g} s.e."]
     tails = []
     for q in _present(df):
         d = s[s["quantity"] == q]
@@ -48,13 +52,14 @@ def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
         last = d.iloc[-1]
         measured = f"{last['mean']:.4g} ± {last['sem']:.2g}"
         if not np.isfinite(d["theory"]).any():  # measured only (channel statistics)
-            lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {'—':>10} {'':>9} {'':>8}"
-                         f"  {'no theory':>19}")
+            lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {'—':>10} {'':>9}"
+                         + (f" {'':>10} {'':>7}" if nlo else "") + f" {'':>8}  {'no theory':>19}")
             continue
         kind = compare.kind(q)
-        sev = kind.severity(d["mean"], d["theory"])
+        # severity and agreement against the reference: the 1/n theory where defined
+        sev = kind.severity(d["mean"], d["reference"])
         with np.errstate(invalid="ignore"):
-            within = (np.abs(d["mean"] - d["theory"]) <= k * d["sem"]).to_numpy()
+            within = (np.abs(d["mean"] - d["reference"]) <= k * d["sem"]).to_numpy()
         if np.isfinite(sev).any():
             i = int(np.nanargmax(np.where(np.isfinite(sev), sev, -1)))
             worst = f"{'|diff| ' if kind.signed else ''}{sev[i]:.3f} (layer {int(d['layer'].iloc[i])})"
@@ -66,11 +71,19 @@ def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = f"{last['mean'] / last['theory']:.4g}"
                 median = f"{last['median'] / last['theory']:.3g}"
+        extra = ""
+        if nlo:
+            has = np.isfinite(last["theory_nlo"])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r_nlo = (f"{last['mean'] / last['theory_nlo']:.4g}" if has and not kind.signed
+                         else "")
+            extra = f" {last['theory_nlo']:>10.4g} {r_nlo:>7}" if has else f" {'—':>10} {'':>7}"
         lines.append(f"{q:<{w}} {int(last['layer']):>5} {measured:>22} {last['theory']:>10.4g} "
-                     f"{ratio:>9} {median:>8}  {worst:>19}  {int(within.sum())}/{len(d)} layers")
+                     f"{ratio:>9}{extra} {median:>8}  {worst:>19}  "
+                     f"{int(within.sum())}/{len(d)} layers")
         heavy = d[d["dominated"].astype(bool)]
         if len(heavy):
-            hs = kind.severity(heavy["mean"], heavy["theory"])  # the worst such layer
+            hs = kind.severity(heavy["mean"], heavy["reference"])  # the worst such layer
             at = heavy.iloc[int(np.argmax(np.where(np.isfinite(hs), hs, -1)))]
             tails.append(f"heavy tail: {q} mean carried by {int(at['n_half'])} of {int(at['n'])} "
                          f"replicates at layer {int(at['layer'])} ({len(heavy)} of {len(d)} layers); "
@@ -79,8 +92,11 @@ def verdict(df: pd.DataFrame, k: float = 3.0) -> list[str]:
     lines += tails
     a = compare.assess(s)
     if a.points:
+        against = ("the 1/n theory where defined, else mean-field" if a.against == "1/n"
+                   else "mean-field theory")
         lines.append(f"class: {a.cls} ({compare.CLASS_RULES[a.cls]}; k = {a.k:.2f} over {a.points} "
-                     f"points)" + (f": {a.reason}" if a.cls != compare.AGREES else ""))
+                     f"points; compared with {against})"
+                     + (f": {a.reason}" if a.cls != compare.AGREES else ""))
     lines += [f"warning: {e}" for e in numeric_events(df)]
     return lines
 

@@ -35,7 +35,7 @@ from harness.cli import ArgumentParser
 from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
 from harness.outputs.results import METADATA, atomic_write_bytes, layer_matrix, load
-from harness.papers import isometry, order_chaos, residual
+from harness.papers import isometry, nlo, order_chaos, residual
 from harness.theory import finite_width, hanin
 
 
@@ -304,11 +304,21 @@ def fixup2019(df: pd.DataFrame):
         f"{_g(r['weight_grad_1'])}"))
 
 
+def nlo_2022(df: pd.DataFrame):
+    """Roberts, Yaida & Hanin 2022: the forward moment at layer L over mean-field and over the
+    1/n (NLO) prediction, against L/n (`harness.papers.nlo`)."""
+    rows = nlo.table(df)
+    numbers = {f"{r['act']} L={r['depth']} n={r['width']}":
+               {k: v for k, v in r.items() if k != "run_dir"} for r in rows.to_dict("records")}
+    return nlo.figure(rows), numbers
+
+
 EXPERIMENTS: dict[str, Callable[[pd.DataFrame], tuple[Any, dict[str, Any]]]] = {
     "torch_defaults": torch_defaults, "he2015": he2015, "glorot2010": glorot2010,
     "hanin2019": hanin2019, "order_chaos": order_chaos_2017, "pennington2017": pennington2017,
     "desmith2020": desmith2020, "yang2017": yang2017, "brock2021": brock2021,
     "hanin_rolnick2018": hanin_rolnick2018, "fixup2019": fixup2019,
+    "nlo": nlo_2022,
 }
 
 
@@ -353,6 +363,11 @@ def main(argv: list[str] | None = None) -> Path:
                   f"{row['slope_se']:.2g} per layer (theory {row['theory_slope']:.4g}, paper "
                   f"{row['paper_slope']:.4g}); last layer λ/m_1 5–95%: "
                   f"{row['spectrum_q05']:.3g}–{row['spectrum_q95']:.3g}")
+            continue
+        if "ratio_nlo" in row:
+            print(f"{name}: L/n {row['L_over_n']:.3g}, measured/mean-field "
+                  f"{row['ratio_meanfield']:.4f} (z {row['z_meanfield']:+.1f}), measured/NLO "
+                  f"{row['ratio_nlo']:.4f} (z {row['z_nlo']:+.1f})")
             continue
         if "var_log" in row:
             print(f"{name}: beta {row['beta']:.4g}, Var ln F^L {row['var_log']:.4g} ± "

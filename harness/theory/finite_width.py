@@ -46,6 +46,11 @@ The central band is q^l exp(−s_l²/2 ± z s_l) with z = Φ^{-1}((1 + level)/2)
 fraction of (replicate, layer) values that fall inside it, ≈ level when the band is right.
 M_1 is exact; M_2 and the log-normal shape hold to leading order in 1/n (tests: the variance
 of log F^l across 1000 simulated networks agrees within its standard error at width 128).
+
+Every other activation (and the relu family with biases or non-Gaussian iid weights) gets the
+band of the four-point vertex (`harness.theory.nlo`): centred on the NLO mean m^l with
+s_l² = ln(1 + Var F^l/m^l²) from `nlo.log_variance`, the same log-normal shape and the same
+coverage rule; `Band.source` says which.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Band:
     log_var: np.ndarray | None  # s_l²
     level: float
     reason: str = ""
+    source: str = "Hanin & Nica 2019"
 
 
 def _relu_K(rho: np.ndarray) -> np.ndarray:
@@ -164,10 +170,19 @@ def log_variance(a: float, widths: tuple[int, ...], rho: np.ndarray, c0: float,
     return out
 
 
-def band(spec: Spec, forward: np.ndarray, correlation: np.ndarray, level: float = LEVEL) -> Band:
+#: `Band.source` of the band from the four-point vertex
+VERTEX = "four-point vertex, 1/n"
+
+
+def band(spec: Spec, forward: np.ndarray, correlation: np.ndarray, level: float = LEVEL,
+         nlo_mean: np.ndarray | None = None, nlo_log_var: np.ndarray | None = None) -> Band:
     """The band around the forward prediction `forward` (q^l) given the predicted
-    pre-activation correlations `correlation` (c^l)."""
+    pre-activation correlations `correlation` (c^l): Hanin & Nica's for the relu family, else
+    (when given) the four-point vertex's around the NLO mean `nlo_mean` with s² `nlo_log_var`
+    (`harness.theory.nlo`)."""
     reason = undefined_reason(spec)
+    if reason and nlo_mean is not None and nlo_log_var is not None:
+        return vertex_band(nlo_mean, nlo_log_var, level)
     if reason:
         return Band(None, None, None, level, reason)
     s2 = log_variance(slope(spec), spec.widths, correlation, spec.input_corr, spec.batch)
@@ -177,6 +192,17 @@ def band(spec: Spec, forward: np.ndarray, correlation: np.ndarray, level: float 
     return Band(q * np.exp(-s2 / 2 - z * s), q * np.exp(-s2 / 2 + z * s), s2, level)
 
 
+def vertex_band(mean: np.ndarray, log_var: np.ndarray, level: float = LEVEL) -> Band:
+    """The log-normal central band m exp(−s²/2 ± z s) of mean m and log-variance s² per layer
+    (`Band.source` = VERTEX)."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    s2 = np.asarray(log_var, dtype=np.float64)
+    s = np.sqrt(s2)
+    m = np.asarray(mean, dtype=np.float64)
+    return Band(m * np.exp(-s2 / 2 - z * s), m * np.exp(-s2 / 2 + z * s), s2, level,
+                source=VERTEX)
+
+
 def coverage(b: Band, measured: np.ndarray) -> dict[str, object]:
     """How many measured forward values (R, L) lie inside the band: overall and per layer."""
     if b.lower is None:
@@ -184,6 +210,7 @@ def coverage(b: Band, measured: np.ndarray) -> dict[str, object]:
     inside = (measured >= b.lower) & (measured <= b.upper)
     return {
         "defined": True,
+        "source": b.source,
         "level": b.level,
         "coverage": float(inside.mean()),
         "coverage_last_layer": float(inside[:, -1].mean()),
@@ -199,6 +226,7 @@ def describe(cov: dict[str, object], replicates: int) -> str:
     if not cov["defined"]:
         return f"finite-width band: n/a ({cov['reason']})"
     last = round(float(cov["coverage_last_layer"]) * replicates)
-    return (f"finite-width band (Hanin & Nica 2019, central {100 * cov['level']:.0f}%): "
+    return (f"finite-width band ({cov.get('source', 'Hanin & Nica 2019')}, central "
+            f"{100 * cov['level']:.0f}%): "
             f"{100 * cov['coverage']:.1f}% of replicate×layer forward values inside; "
             f"last layer {last}/{replicates}")
