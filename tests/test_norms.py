@@ -114,8 +114,6 @@ def reference_stats(spec: Spec, weights, biases, x0, cot) -> dict[str, np.ndarra
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_batched_equals_torch_modules_with_autograd(arch, norm, position):
     spec = make([*ARCHS[arch], f"norm={norm}", f"norm.position={position}"])
-    if spec.arch not in ("mlp", "resmlp") and not hasattr(spec.architecture, "_norm_ready"):
-        pytest.skip("conv norms: later")
     weights, biases, x0, cot = sample_chunk(spec, 2, replicate_generators(spec, 0, 2))
     got = spec.architecture.propagate(spec, weights, biases, x0, cot)
     want = reference_stats(spec, weights, biases, x0, cot)
