@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs.base import CRITICALITY, POSITION, POSITIONS, Architecture, Tick
+from harness.archs.mlp import norm_theory
 from harness.core import norms, validate
 from harness.core.activations import Activation
 from harness.core.validate import ConfigError
@@ -426,12 +427,52 @@ def position_maps(spec: Spec) -> dict[str, np.ndarray]:
     return {"forward": q, "x2": x2, "backward": g, "weight_grad": wg}
 
 
+def position_maps_norm(spec: Spec) -> dict[str, np.ndarray]:
+    """`position_maps` with a per-sample norm in layers 1..L−1, through the norm entry's stage
+    maps (`harness.core.norms.sample_position_stage`: the statistics pool over channels and
+    positions): q^{l+1}(p) = σ_b² + Σ_t C_l v_t 1[p+t] x2^l(p+t), g^l(p) = back^l(p) Σ_t C_{l+1}
+    v_t 1[p−t] g^{l+1}(p−t); also the maps a2 (activation) and normed. NaN maps where the norm
+    has no position theory (batchnorm)."""
+    act: Activation = spec.activation
+    L, S, mode = spec.depth, spec.spatial, spec.padding_mode
+    stage = spec.normalization.position_stage
+    if stage is None:
+        nan = np.full((L, *S), np.nan)
+        return {"forward": nan, "x2": nan.copy(), "a2": nan.copy(), "normed": nan.copy(),
+                "backward": nan.copy(), "weight_grad": np.full(L, np.nan)}
+    taps = spec.tap_variances()
+    C = spec.widths
+    b2 = spec.bias_std**2
+    q, x2, g = np.empty((L, *S)), np.empty((L, *S)), np.empty((L, *S))
+    a2, nd, back = np.full((L, *S), np.nan), np.full((L, *S), np.nan), np.empty((L, *S))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+        x2[0] = spec.input_var
+        for l in range(L):
+            if l > 0:
+                st = stage(act, q[l - 1], spec.norm_position, spec.norm_eps)  # type: ignore[arg-type]
+                x2[l], a2[l - 1], nd[l - 1], back[l - 1] = st.x2, st.a2, st.normed, st.back
+            q[l] = b2 + window_sum(x2[l], C[l] * taps[l], mode)
+        g[L - 1] = 1.0
+        for l in range(L - 2, -1, -1):
+            g[l] = back[l] * window_sum(g[l + 1], C[l + 2] * taps[l + 1], mode, -1)
+        uniform = np.full(taps[0].shape, 1.0 / taps[0].size)
+        wg = np.array([(g[l] * window_sum(x2[l], uniform, mode)).sum() for l in range(L)])
+    return {"forward": q, "x2": x2, "a2": a2[:-1] if L > 1 else a2[:0], "normed": nd[:-1],
+            "backward": g, "weight_grad": wg}
+
+
 def predict(spec: Spec) -> dict[str, np.ndarray]:
     """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64; the pooled
     forward, activation and backward are the position means of the maps."""
-    maps = position_maps(spec)
     axes = tuple(range(1, 1 + len(spec.spatial)))
     nan = np.full(spec.depth, np.nan)
+    if not spec.normalization.identity:
+        maps = position_maps_norm(spec)
+        return {"forward": maps["forward"].mean(axes), "activation": maps["a2"].mean(axes),
+                "normed": maps["normed"].mean(axes), "backward": maps["backward"].mean(axes),
+                "weight_grad": maps["weight_grad"], "channel_mean_sq": nan,
+                "channel_var": nan.copy()}
+    maps = position_maps(spec)
     return {
         "forward": maps["forward"].mean(axes),
         "activation": maps["x2"][1:].mean(axes),
@@ -558,8 +599,14 @@ class Conv(Architecture):
         return predict(spec)
 
     def position_maps(self, spec: Spec) -> dict[str, np.ndarray]:
-        """`position_maps` (module function)."""
-        return position_maps(spec)
+        """`position_maps` (module function); with a norm `position_maps_norm`."""
+        return position_maps(spec) if spec.normalization.identity else position_maps_norm(spec)
+
+    def theory_note(self, spec: Spec) -> str:
+        """The norm entry's reason where its theory is missing ("" otherwise)."""
+        if spec.normalization.identity or spec.normalization.position_stage is not None:
+            return ""
+        return norm_theory(spec, "mlp")[1]
 
     def layer(
         self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,

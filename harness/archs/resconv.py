@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.archs import conv, resmlp
+from harness.archs import conv, mlp, resmlp
 from harness.archs.base import POSITION, POSITIONS, Architecture, Tick
 from harness.core import norms, schemes
 from harness.core.activations import Activation
@@ -259,9 +259,32 @@ def position_maps(spec: Spec) -> dict[str, np.ndarray]:
     return {"forward": fwd, "branch": br, "backward": bwd, "weight_grad": wg}
 
 
+#: why a normalized resconv with zero padding has no theory here
+ZERO_PADDING_NORM = ("resconv with a norm: theory for circular padding only (every position then "
+                     "follows resmlp's normalized recursions)")
+
+
+def norm_predict(spec: Spec) -> tuple[dict[str, np.ndarray], str]:
+    """With a norm and circular padding every position follows resmlp's normalized recursions
+    (the norm entry's hook, σ_w² = fan_in·Var(W), n = C·P), the weight gradient summed over the
+    P positions; zero padding: NaN and `ZERO_PADDING_NORM`."""
+    L, m = spec.depth, spec.residual_branch_depth
+    nan = np.full(L, np.nan)
+    if spec.padding_mode != "circular":
+        out = {q: nan.copy() for q in ("forward", "branch", "normed", "backward")}
+        return {**out, "weight_grad": np.full(L * m, np.nan), "channel_mean_sq": nan.copy(),  # type: ignore[operator]
+                "channel_var": nan.copy()}, ZERO_PADDING_NORM
+    th, why = mlp.norm_theory(spec, "resmlp")
+    th = {k: v for k, v in th.items() if k != "correlation"}
+    th["weight_grad"] = th["weight_grad"] * math.prod(spec.spatial)
+    return {**th, "channel_mean_sq": nan.copy(), "channel_var": nan.copy()}, why
+
+
 def predict(spec: Spec) -> dict[str, np.ndarray]:
     """Pooled predictions: position means of the maps; weight_grad per weight layer; NaN for
-    the channel statistics."""
+    the channel statistics. With a norm: `norm_predict`."""
+    if not spec.normalization.identity:
+        return norm_predict(spec)[0]
     maps = position_maps(spec)
     axes = tuple(range(1, 1 + len(spec.spatial)))
     nan = np.full(spec.depth, np.nan)
@@ -365,8 +388,17 @@ class ResConv(Architecture):
         return predict(spec)
 
     def position_maps(self, spec: Spec) -> dict[str, np.ndarray]:
-        """`position_maps` (module function)."""
-        return position_maps(spec)
+        """`position_maps` (module function); with a norm the pooled `norm_predict` at every
+        position."""
+        if spec.normalization.identity:
+            return position_maps(spec)
+        th = norm_predict(spec)[0]
+        ones = np.ones(spec.spatial)
+        return {k: np.multiply.outer(th[k], ones) for k in ("forward", "branch", "backward")}
+
+    def theory_note(self, spec: Spec) -> str:
+        """The norm's reason where the theory is missing ("" otherwise)."""
+        return "" if spec.normalization.identity else norm_predict(spec)[1]
 
     def layer(
         self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,

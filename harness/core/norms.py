@@ -295,6 +295,47 @@ def _residual(st: Stack, centre: bool) -> dict[str, np.ndarray]:
             "correlation": np.clip(cor, -1.0, 1.0)}
 
 
+@dataclass(frozen=True)
+class PositionStage:
+    """`Stage` per position p of a conv layer (arrays of the spatial shape): x2, a2, normed,
+    back as in `Stage` (no O(1/n) terms: n = C·P)."""
+
+    x2: np.ndarray
+    a2: np.ndarray
+    normed: np.ndarray
+    back: np.ndarray
+
+
+def _map(f: Callable[[Any], Any], q: np.ndarray) -> np.ndarray:
+    """f at every entry of q, each distinct value evaluated once."""
+    uniq, inv = np.unique(q, return_inverse=True)
+    return np.asarray([float(f(v)) for v in uniq], dtype=np.float64)[inv.reshape(q.shape)]
+
+
+def sample_position_stage(act: Activation, q: np.ndarray, position: str, eps: float,
+                          centre: bool) -> PositionStage:
+    """A per-sample norm over a conv layer's channels and positions on the maps q(p) = E[h(p)²]
+    at infinite channels: the statistics pool over positions, Q̄ = mean_p q(p).
+
+        pre:   u(p) = q(p)/(Q̄+ε), x2 = a2 = V_φ(u), normed = u, back = D_φ(u)/(Q̄+ε)
+        post:  M(p) = E φ(h(p)), M̄ = mean_p M, S = mean_p V_φ(q(p)) − [centre] M̄²,
+               x2 = normed = (V_φ(q) − 2[centre] M̄ M + [centre] M̄²)/(S+ε), a2 = V_φ(q),
+               back = D_φ(q)/(S+ε)
+    (the projection terms, O(1/(C·P)), dropped)."""
+    c_ind = 1.0 if centre else 0.0
+    if position == "pre":
+        Q = float(q.mean()) + eps
+        u = q / Q
+        x2 = _map(act.V, u)
+        return PositionStage(x2, x2, u, _map(act.D, u) / Q)
+    V = _map(act.V, q)
+    M = _map(lambda v: gaussian_expectation(act.phi, v), q)
+    Mbar = float(M.mean())
+    S = float(V.mean()) - c_ind * Mbar**2 + eps
+    x2 = (V - 2 * c_ind * Mbar * M + c_ind * Mbar**2) / S
+    return PositionStage(x2, V, x2, _map(act.D, q) / S)
+
+
 # ---- the entry ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Norm:
@@ -313,6 +354,9 @@ class Norm:
     default_eps: float | None = 1e-5
     #: the mean-field theory of a stack: Stack -> (quantity -> array, reason or "")
     theory: Callable[[Stack], Theory] | None = None
+    #: the conv layers' position-resolved stage maps (`sample_position_stage`), None where the
+    #: theory is missing (the reason: `theory`'s)
+    position_stage: Callable[[Activation, np.ndarray, str, float], PositionStage] | None = None
     #: capability -> why it is not defined with this norm (the run prints it / refuses it)
     unsupported: Mapping[str, str] = field(default_factory=dict)
 
@@ -419,9 +463,11 @@ REGISTRY: dict[str, Norm] = {n.name: n for n in (
          default_eps=1e-5, theory=batchnorm_theory, unsupported=_BATCH, _module=_bn_module),
     Norm("layernorm", "nn.LayerNorm", centre=True, default_eps=1e-5,
          theory=lambda st: sample_norm_theory(st, True), unsupported=_NORMALIZED,
+         position_stage=lambda a, q, p, e: sample_position_stage(a, q, p, e, True),
          _module=_ln_module),
     Norm("rmsnorm", "nn.RMSNorm", centre=False, default_eps=None,
          theory=lambda st: sample_norm_theory(st, False), unsupported=_NORMALIZED,
+         position_stage=lambda a, q, p, e: sample_position_stage(a, q, p, e, False),
          _module=_rms_module),
 )}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
