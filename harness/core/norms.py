@@ -35,8 +35,8 @@ eps=None, which torch resolves to torch.finfo(dtype).eps of the input (1.19e-7 i
 Theory hooks (docs/theory.md, "Normalization"). Per-sample norms (layernorm, rmsnorm) at
 infinite width on a zero-mean Gaussian layer: the per-sample mean → 0 and the per-sample second
 moment → q, so N(h) ≈ h/√(q + ε) (the mean-field scale reset); `sample_stage` gives one norm+φ
-stage's moments (pre: x = φ(N(h)); post: x = N(φ(h))) and its backward factor, keeping the
-O(1/n) projection terms' first-order effect on the gradient moment. BatchNorm couples a
+stage's moments (pre: x = φ(N(h)); post: x = N(φ(h))) and its backward factor (the O(1/n)
+projection and fluctuation terms dropped). BatchNorm couples a
 network's B inputs (a recursion on the B×B Gram matrix); its hook `batchnorm_theory` returns NaN
 and the reason until that theory is wired in.
 """
@@ -155,23 +155,21 @@ def _e(f: Callable[[torch.Tensor], torch.Tensor], q: float) -> float:
     return float(gaussian_expectation(f, q))
 
 
-def sample_stage(act: Activation, q: float, q12: float, position: str, n: int, eps: float,
+def sample_stage(act: Activation, q: float, q12: float, position: str, eps: float,
                  centre: bool) -> Stage:
     """The stage maps of a per-sample norm N (layernorm: centre=True; rmsnorm: False) on a
-    layer h with E[h²] = q, E[h_a h_b] = q12, n units per sample, infinite-width limit plus the
-    gradient's first-order projection term:
+    layer h with E[h²] = q, E[h_a h_b] = q12, at infinite width:
 
         pre  (x = φ(N(h))):  N(h) ~ N(0, u), u = q/(q+ε), correlation c = q12/q
-             x2 = V_φ(u), x12 = C_φ(u, c), normed = u,
-             back = D_φ(u)/(q+ε) · (1 − (1[centre] + κ)/n),  κ = E[φ'(y)² y²]/E[φ'(y)²], y ~ N(0, u)
-        post (x = N(φ(h))):  M = E φ(h), S = V_φ(q) − 1[centre] M²
-             x2 = normed = S/(S+ε), x12 = (C_φ(q, c) − 1[centre] M²)/(S+ε),
-             back = D_φ(q)/(S+ε) · (1 − (1[centre] + κ)/n),  κ = E[φ'(h)² y²]/D_φ(q),
-             y = (φ(h) − 1[centre] M)/√(S+ε)
+             x2 = a2 = V_φ(u), x12 = C_φ(u, c), normed = u,  back = D_φ(u)/(q+ε)
+        post (x = N(φ(h))):  M = E φ(h), S = V_φ(q) − [centre] M²
+             x2 = normed = S/(S+ε), x12 = (C_φ(q, c) − [centre] M²)/(S+ε), a2 = V_φ(q),
+             back = D_φ(q)/(S+ε)
 
-    The projection terms of ∂loss/∂h = s (g − mean g − y mean(g y)) have second moments
-    E[g²]/n and E[g² y²]/n under gradient independence (the cross-unit terms vanish); the rest
-    of the O(1/n) effects (the fluctuation of the statistics) is dropped.
+    Dropped, O(1/n) each (docs/theory.md): the projection terms of ∂loss/∂h = s (g − mean g −
+    y mean(g y)), whose second moments are E[g²]/n and E[g² y²]/n under gradient independence,
+    and the fluctuation of the statistics, E[1/σ̂²] − 1/q; for a Gaussian input they nearly
+    cancel (LayerNorm: (n−2)/(n−3) in all, RMSNorm: (n−1)/(n−2)).
     """
     c_ind = 1.0 if centre else 0.0
     if not (np.isfinite(q) and q > 0):
@@ -181,20 +179,17 @@ def sample_stage(act: Activation, q: float, q12: float, position: str, n: int, e
     if position == "pre":
         u = q / (q + eps)
         d = float(act.D(u))
-        kappa = _e(lambda z: act.dphi(z) ** 2 * z**2, u) / d if d > 0 else 0.0
         x2 = float(act.V(u))
         return Stage(x2=x2, x12=float(act.C(u, c)) if np.isfinite(c) else math.nan,
                      xm=_e(act.phi, u), a2=x2, normed=u,
-                     back=d / (q + eps) * (1.0 - (c_ind + kappa) / n))
+                     back=d / (q + eps))
     M = _e(act.phi, q)
     S = float(act.V(q)) - c_ind * M * M
     d = float(act.D(q))
-    kappa = (_e(lambda z: act.dphi(z) ** 2 * (act.phi(z) - c_ind * M) ** 2, q) / (d * (S + eps))
-             if d > 0 else 0.0)
     x2 = S / (S + eps)
     x12 = (float(act.C(q, c)) - c_ind * M * M) / (S + eps) if np.isfinite(c) else math.nan
     return Stage(x2=x2, x12=x12, xm=(1.0 - c_ind) * M / math.sqrt(S + eps), a2=float(act.V(q)),
-                 normed=x2, back=d / (S + eps) * (1.0 - (c_ind + kappa) / n))
+                 normed=x2, back=d / (S + eps))
 
 
 def sample_norm_theory(stack: Stack, centre: bool) -> Theory:
@@ -210,7 +205,7 @@ def sample_norm_theory(stack: Stack, centre: bool) -> Theory:
     g^{l−1} = g^l (1 + α_l² χ^l), χ^l the branch's chain of ρ² · back factors.
     resmlp post (x^l = N(s^l), s^l = x^{l−1} + α_l f(x^{l−1}), f the plain pre-activation branch):
     E[(s^l)²] = q^{l−1} + α_l² B^l, q^l = E[s²]/(E[s²]+ε) (the reset to 1), backward
-    g^{l−1} = g^l (1 − (1[centre]+1)/n)/(E[s²]+ε) · (1 + α_l² χ^l).
+    g^{l−1} = g^l (1 + α_l² χ^l)/(E[s²]+ε).
     """
     if stack.kind == "resmlp":
         return _residual(stack, centre), ""
@@ -227,8 +222,7 @@ def _dense(st: Stack, centre: bool) -> dict[str, np.ndarray]:
     q12[0] = st.sigma_w2[0] * st.q0 * st.c0 + st.sigma_b2
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
         for l in range(L - 1):
-            s = sample_stage(act, float(q[l]), float(q12[l]), st.position, int(st.widths[l]), st.eps,
-                             centre)
+            s = sample_stage(act, float(q[l]), float(q12[l]), st.position, st.eps, centre)
             a2[l], nd[l], back[l], x2[l + 1] = s.a2, s.normed, s.back, s.x2
             centre_ws = s.xm**2 if st.ws else 0.0
             q[l + 1] = st.sigma_w2[l + 1] * (s.x2 - centre_ws) + st.sigma_b2
@@ -248,16 +242,14 @@ def _residual(st: Stack, centre: bool) -> dict[str, np.ndarray]:
     fwd, br, nd, cor, chi, reset = (np.full(L, np.nan) for _ in range(6))
     wg_in = np.full(L * m, np.nan)
     wg_back = np.ones(L * m)  # E[ε_k²] / (α_l² g^l) (post: times the block's reset factor)
-    c_ind = 1.0 if centre else 0.0
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
         for l in range(L):
             z, z12 = q, q12
             backs = []
             for j in range(m):
                 k = l * m + j
-                n = int(st.widths[k])
                 if st.position == "pre":
-                    s = sample_stage(act, z, z12, "pre", n, eps, centre)
+                    s = sample_stage(act, z, z12, "pre", eps, centre)
                     if j == 0:
                         nd[l] = s.normed
                     wg_in[k], bk, x12, xm = s.x2, s.back, s.x12, s.xm
@@ -277,8 +269,7 @@ def _residual(st: Stack, centre: bool) -> dict[str, np.ndarray]:
             br[l] = z
             s2, s12 = q + a2s[l] * z, q12 + a2s[l] * z12
             if st.position == "post":
-                n = int(st.widths[l * m])
-                reset[l] = (1.0 - (c_ind + 1.0) / n) / (s2 + eps)
+                reset[l] = 1.0 / (s2 + eps)
                 q, q12 = s2 / (s2 + eps), s12 / (s2 + eps)
                 nd[l] = q
             else:
