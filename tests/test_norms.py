@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from harness.bench import _naive_one
 from harness.cli import compose_config
 from harness.core import norms
 from harness.core.spec import ConfigError, Spec
@@ -203,3 +204,19 @@ def test_annotations_give_the_norms_reason():
     bn = make([*ARCHS["mlp"], "norm=batchnorm"])
     assert bn.architecture.theory_note(bn) == "BatchNorm theory: not yet"
     assert spec.architecture.theory_note(spec) == ""
+
+
+@pytest.mark.parametrize("overrides", [("arch=mlp", "norm=batchnorm"),
+                                       ("arch=mlp", "norm=layernorm", "norm.position=post"),
+                                       ("arch=resmlp", "norm=rmsnorm")])
+def test_bench_naive_loop_measures_what_the_runner_does(overrides):
+    """harness.bench's naive loop (torch's modules, hooks) and the batched runner on the same
+    weights, inputs and cotangents: the same statistics."""
+    spec = make([*overrides, "depth=3", "width=6", "batch=5"])
+    weights, biases, x0, cot = sample_chunk(spec, 2, replicate_generators(spec, 0, 2))
+    got = spec.architecture.propagate(spec, weights, biases, x0, cot)
+    for r, net in enumerate(reference.ensemble(spec, weights, biases)):
+        naive = _naive_one(net, spec, x0[r], cot[r])
+        assert set(naive) >= {"forward", "backward", "weight_grad"}
+        for k, v in naive.items():
+            np.testing.assert_allclose(got[k][r].numpy(), v, rtol=1e-9, err_msg=k)
