@@ -220,3 +220,15 @@ def test_bench_naive_loop_measures_what_the_runner_does(overrides):
         assert set(naive) >= {"forward", "backward", "weight_grad"}
         for k, v in naive.items():
             np.testing.assert_allclose(got[k][r].numpy(), v, rtol=1e-9, err_msg=k)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_memory_preflight_counts_the_norm_buffers(arch):
+    """A normalized replicate is budgeted more bytes than the plain one (N's saved outputs), and
+    the normalized path has no low-memory variant (the preflight then refuses, not recomputes)."""
+    plain = make(ARCHS[arch])
+    normed = make([*ARCHS[arch], "norm=layernorm", "norm.position=post"])
+    assert normed.architecture.bytes_per_replicate(normed) > plain.architecture.bytes_per_replicate(plain)
+    assert normed.architecture.recompute_bytes(normed, 1) is None
+    with pytest.raises(ConfigError, match="one replicate of this run needs"):
+        make([*ARCHS[arch], "norm=layernorm", "memory_budget_mb=0.001"])
