@@ -107,7 +107,14 @@ def _lengths(stack: Stack) -> dict[str, int]:
 def batchnorm_theory(stack: Stack) -> Theory:
     """BatchNorm's mean-field theory: not yet here (NaN per quantity, and the reason), except
     the pre-norm residual stream, whose branch sees a unit-variance normalized input at infinite
-    width whatever the batch statistics: q^l = q^{l−1} + α_l² B(1) (`residual_pre_forward`)."""
+    width whatever the batch statistics: q^l = q^{l−1} + α_l² B(1) (`residual_pre_forward`).
+
+    The one place to wire the finite-batch theory in (harness/theory/batchnorm.py): it gets the
+    stack's plain numbers (`Stack`: kind "mlp" | "resmlp", act, sigma_w2 / rho2 per weight layer,
+    sigma_b2, q0, c0, batch B, depth, position, eps, widths, alphas, m, ws) and returns
+    quantity -> array of the lengths `_lengths` gives (mlp: forward, backward, weight_grad,
+    correlation L; activation, normed L−1; resmlp: forward, branch, normed, backward,
+    correlation L; weight_grad L·m) and "" (or the reason for what stays NaN)."""
     out = {k: np.full(n, np.nan) for k, n in _lengths(stack).items()}
     if stack.kind == "resmlp" and stack.position == "pre":
         out.update(residual_pre_forward(stack, stack.eps))
