@@ -515,7 +515,7 @@ def test_report_of_nothing_readable_is_one_line(folders):
     (["act=leaky_relu", "act.negative_slope=1e300"], "|act.negative_slope| < 2^32"),
     (["scheme=kaiming", "scheme.a=1e200"], "|scheme.a| < 2^32"),
     (["+extra_key=1"], "unknown config key 'extra_key': the harness would ignore it; the keys it reads: "
-                       "scheme, act, arch"),
+                       "scheme, act, norm, arch"),
     (["++extra_key=1", "depth=3"], "unknown config key 'extra_key'"),
     (["depth=1,2"], "'depth=1,2' sweeps depth over several values: add --multirun"),
     (["depth=${nope}"], "Interpolation key 'nope' not found"),
