@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from harness import archs
-from harness.core import resources
+from harness.core import norms, resources
 from harness.core.files import FAULT_ENV as FAULT_ENV  # re-exported: tests kill a write with it
 from harness.core.files import atomic_write_bytes, parquet_bytes
 from harness.core.spec import ConfigError, Spec
@@ -42,7 +42,7 @@ JACOBIAN = "jacobian.parquet"
 #: config columns that are null for some runs (width with `widths`; every architecture's own keys
 #: for the others, e.g. conv's for an MLP), with nullable dtypes so that frames of every kind of
 #: run concatenate
-NULLABLE = {"width": "Int64", **archs.column_dtypes()}
+NULLABLE = {"width": "Int64", **archs.column_dtypes(), **norms.COLUMNS}
 #: string columns held as pandas categoricals and stored dictionary-encoded in parquet (one copy
 #: of each distinct value): `widths` holds depth + 1 numbers on every row, so as plain strings
 #: the frame grows like depth² (about 60 GiB at depth 10,000 with 16 replicates)
