@@ -73,6 +73,9 @@ def test_linear_chain_prediction_closed_form():
     np.testing.assert_allclose(p["forward"], [s2 * 0.6] + [s2] * (L - 1), rtol=1e-12)
     np.testing.assert_allclose(p["correlation"][1:], -1 / (B - 1), rtol=1e-11)
     np.testing.assert_allclose(p["normed"], 1.0, rtol=0)
+    # ws: the next layer sees x − M_B with M_B = E[n_1] = 0 for linear φ: nothing changes
+    np.testing.assert_allclose(bn.predict(activations.get("linear"), L, B, s2, q0=0.6,
+                                          ws=True)["forward"], p["forward"], rtol=1e-12)
     top = s2 * B * (B - 2) / (s2 * B / (B - 1) * (B - 3) * (B - 1)) * (B - 1) / B
     assert top == pytest.approx((B - 2) / (B - 3) * (B - 1) / B, rel=1e-14)
     expect = [top * ((B - 2) / (B - 3)) ** (L - 2 - l) for l in range(L - 1)] + [1.0]
@@ -242,7 +245,7 @@ def torch_chain(name: str, B: int, width: int, depth: int, position: str, sigma_
     nn.Linear(width, width) with N(0, σ_w²/width) weights (and N(0, σ_b²) biases), layers
     1..L−1 followed by nn.BatchNorm1d in training mode (pre: φ(BN(h)), post: BN(φ(h))), a
     linear readout, loss = Σ y·r with r ~ N(0, 1): forward mean h², normed mean BN², activation
-    mean x², backward mean (∂loss/∂h)², weight_grad mean_b[mean_i δ² mean_j x²], correlation the
+    mean φ(·)², backward mean (∂loss/∂h)², weight_grad mean_b[mean_i δ² mean_j x²], correlation the
     mean cosine of two inputs' h."""
     act = activations.get(name)
     torch.manual_seed(seed)
@@ -278,7 +281,8 @@ def torch_chain(name: str, B: int, width: int, depth: int, position: str, sigma_
                 }
                 if l < depth - 1:
                     row["normed"] = ns[l].detach().square().mean()
-                    row["activation"] = xs[l + 1].detach().square().mean()
+                    a = xs[l + 1] if position == "pre" else act.phi(h)  # φ's output
+                    row["activation"] = a.detach().square().mean()
                 for k, v in row.items():
                     out[k][r, l] += float(v) / batches
     return out
@@ -353,3 +357,17 @@ def test_chain_matches_theory_grid(name, B, position):
     if B >= 6:
         qs += ("backward", "weight_grad")
     assert compare(meas, theory, n, m_total=6 * L * len(GRID), quantities=qs) > 0
+
+
+@pytest.mark.parametrize("B", [4, 9, 40])
+def test_relu_mean_and_ws_closed_form(B):
+    # 1-homogeneous relu: E_sphere[relu(n_1)] = √B E[relu(w_1)]/E‖Pz‖ with w_1 ~ N(0, (B−1)/B)
+    # and ‖Pz‖ ~ χ_{B−1}: M_B = √(B−1) Γ((B−1)/2) / (2√π Γ(B/2)); ws subtracts M_B² from the Gram
+    act = activations.get("relu")
+    M = math.sqrt(B - 1) * math.exp(math.lgamma((B - 1) / 2) - math.lgamma(B / 2)) / (2 * math.sqrt(math.pi))
+    assert bn.mean_phi(act, B) == pytest.approx(M, abs=1e-12)
+    p = bn.predict(act, 4, B, 2.0, 0.3, ws=True)
+    m = bn.sphere_moments(act, B)
+    np.testing.assert_allclose(p["forward"][1:], 2.0 * (m.V - M * M) + 0.3, rtol=1e-12)
+    np.testing.assert_allclose(p["correlation"][1:], (2.0 * (m.C - M * M) + 0.3)
+                               / (2.0 * (m.V - M * M) + 0.3), rtol=1e-11)

@@ -81,9 +81,11 @@ rare units and only eps keeps it finite).
 
 Measured quantities at infinite width (layer l = 1..L, `activation` and `normed` l < L):
 `forward` q^l = Σ^l_11, `correlation` Σ^l_12/Σ^l_11, `normed` the BN output's second moment (pre 1,
-post p), `activation` the next layer's input moment E[(x^l)²] (pre V_B, post p), `backward` the
-mean diagonal of G^l, `weight_grad` = backward^l · E[(x^{l−1})²] with E[(x⁰)²] = q₀ (the pooled
-per-example moment mean_b[mean_i δ_bi² mean_j x_bj²]).
+post p), `activation` the second moment of φ's output (pre V_B, post V_φ(q^l)), `backward` the
+mean diagonal of G^l, `weight_grad` = backward^l · E[(x^{l−1})²], with E[(x⁰)²] = q₀ and
+E[(x^l)²] = V_B (pre) or p (post) (the pooled per-example moment mean_b[mean_i δ_bi² mean_j
+x_bj²]). With ws=true (every weight row sums to zero) the next layer sees x minus its mean over
+units, E[x] = M_B = E[φ(n_1)] (pre) or 0 (post, Σ_b m_b = 0): Σ^{l+1} = σ_w²(E[xxᵀ] − M_B²) + σ_b².
 """
 
 from __future__ import annotations
@@ -213,6 +215,12 @@ def _sphere_moments(name: str, params: tuple, batch: int, refine: int) -> Sphere
     return SphereMoments(V, C, T1, T2)
 
 
+def mean_phi(act: Activation, batch: int) -> float:
+    """M_B = E[φ(n_1)], n uniform on the batch sphere (`marginal_rule`)."""
+    n1, w1 = marginal_rule(batch)
+    return float(w1 @ _f(act.phi, n1))
+
+
 @dataclass(frozen=True)
 class PostMoments:
     """Post-position expectations at h ~ N(0, q[(1−c)I + c11ᵀ]) (module doc), with the
@@ -316,6 +324,7 @@ def predict(
     c0: float = 0.0,
     position: str = "pre",
     backward_gain: float | Sequence[float] | None = None,
+    ws: bool = False,
     samples: int = MC_SAMPLES,
     seed: int = MC_SEED,
 ) -> dict[str, np.ndarray]:
@@ -327,6 +336,7 @@ def predict(
         sigma_b2: σ_b².  q0, c0: the inputs' second moment and correlation.
         position: "pre" (x = φ(BN(h))) or "post" (x = BN(φ(h))).
         backward_gain: κ_l = fan_out·Var(W^l) (default σ_w,l², square layers).
+        ws: weight rows centred (the next layer sees x minus its mean over units).
         samples, seed: the post position's Monte Carlo.
 
     Returns forward, correlation, backward, weight_grad (L values) and normed, activation
@@ -347,21 +357,24 @@ def predict(
     q[0] = s2[0] * q0 + sigma_b2
     q12[0] = s2[0] * q0 * c0 + sigma_b2
     normed = np.empty(L - 1)
-    x2 = np.empty(L - 1)  # E[(x^l)²], l = 1..L−1
+    a2 = np.empty(L - 1)  # E[φ(·)²], l = 1..L−1
+    x2 = np.empty(L - 1)  # E[(x^l)²]
     post: list[PostMoments] = []
     sph = sphere_moments(act, B) if position == "pre" else None
+    centre = float(mean_phi(act, B)) ** 2 if (ws and position == "pre") else 0.0
     for l in range(L - 1):
         if position == "pre":
-            normed[l], x2[l] = 1.0, sph.V
+            normed[l], a2[l], x2[l] = 1.0, sph.V, sph.V
             xx, x12 = sph.V, sph.C
         else:
             c = q12[l] / q[l] if q[l] > 0 else 1.0
             pm = post_moments(act, B, q[l], c, samples, seed)
             post.append(pm)
             normed[l] = x2[l] = pm.alive
+            a2[l] = float(act.V(q[l]))
             xx, x12 = pm.alive, -pm.alive / (B - 1)
-        q[l + 1] = s2[l + 1] * xx + sigma_b2
-        q12[l + 1] = s2[l + 1] * x12 + sigma_b2
+        q[l + 1] = s2[l + 1] * (xx - centre) + sigma_b2
+        q12[l + 1] = s2[l + 1] * (x12 - centre) + sigma_b2
     with np.errstate(divide="ignore", invalid="ignore"):
         corr = q12 / q
     g = np.empty(L)
@@ -393,7 +406,7 @@ def predict(
         "forward": q,
         "correlation": corr,
         "normed": normed,
-        "activation": x2,
+        "activation": a2,
         "backward": g,
         "weight_grad": g * xin,
     }
