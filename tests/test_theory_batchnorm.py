@@ -14,6 +14,7 @@ from scipy.stats import norm
 from torch import nn
 
 from harness.core import activations
+from harness.core.quadrature import gaussian_expectation
 from harness.theory import batchnorm as bn
 
 # Family-wise false-positive rate of each statistical test; the per-comparison threshold is
@@ -371,3 +372,16 @@ def test_relu_mean_and_ws_closed_form(B):
     np.testing.assert_allclose(p["forward"][1:], 2.0 * (m.V - M * M) + 0.3, rtol=1e-12)
     np.testing.assert_allclose(p["correlation"][1:], (2.0 * (m.C - M * M) + 0.3)
                                / (2.0 * (m.V - M * M) + 0.3), rtol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu"])
+def test_rate_tends_to_poincare_ratio_at_large_batch(name):
+    # B → ∞: n_1, n_2 become independent N(0, 1), and λ → E[φ'(z)²]/Var φ(z) (≥ 1, Gaussian
+    # Poincaré; relu π/(π−1)); the approach is O(1/B): B(λ_B − λ_∞) settles to a constant
+    act = activations.get(name)
+    mean = float(gaussian_expectation(act.phi, 1.0))
+    lim = float(act.D(1.0)) / (float(act.V(1.0)) - mean * mean)
+    if name == "relu":
+        assert lim == pytest.approx(math.pi / (math.pi - 1), rel=1e-10)
+    d256, d1024 = (B * (bn.explosion_rate(act, B) - lim) for B in (256, 1024))
+    assert 0 < d1024 < 2 and d256 == pytest.approx(d1024, rel=0.03)
