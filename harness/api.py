@@ -191,6 +191,9 @@ def compute(cfg: DictConfig, spec: Spec | None = None, *, progress: bool = False
     band = finite_width.band(spec, predicted["forward"], predicted.get("correlation"))
     coverage = finite_width.coverage(band, m.values["forward"])
     notes = [criticality.describe(crit), finite_width.describe(coverage, spec.replicates)]
+    theory_note = spec.architecture.theory_note(spec)  # e.g. a norm whose theory is missing
+    if theory_note:
+        notes.append(theory_note)
     if "lsuv" in m.info:
         notes.append(lsuv.describe(m.info))
     if spec.jacobian:

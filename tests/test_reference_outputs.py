@@ -72,9 +72,11 @@ def _compare_frames(got: pd.DataFrame, want: pd.DataFrame, tol: float, what: str
     its quantity (a sum's rounding scales with its terms, so a value near 0, e.g. a correlation,
     gets the tolerance of its neighbours); nan where nan, ±inf where ±inf."""
     # config columns added since (resmlp's residual_*: null for these runs; ws: false, its
-    # default) predate the data: every run carries every key
+    # default; norm: "none", its default, with norm_position, norm_eps null) predate the data:
+    # every run carries every key
     new = [c for c in got.columns if c not in want.columns
-           and (got[c].isna().all() or (got[c].astype(object) == False).all())]  # noqa: E712
+           and (got[c].isna().all() or (got[c].astype(object) == False).all()  # noqa: E712
+                or (c == "norm" and (got[c] == "none").all()))]
     got = got.drop(columns=new)
     assert list(got.columns) == list(want.columns), what
     assert len(got) == len(want), what
@@ -94,8 +96,10 @@ def _compare_frames(got: pd.DataFrame, want: pd.DataFrame, tol: float, what: str
 
 def _compare_json(got: object, want: object, tol: float, where: str) -> None:
     if isinstance(want, dict):
-        if isinstance(got, dict):  # keys added since, None for these runs (e.g. residual_*)
-            got = {k: v for k, v in got.items() if k in want or v not in (None, False)}
+        if isinstance(got, dict):  # keys added since, None for these runs (e.g. residual_*),
+            # or at the default of today's behaviour (norm: "none")
+            got = {k: v for k, v in got.items()
+                   if k in want or not (v in (None, False) or (k == "norm" and v == "none"))}
         assert isinstance(got, dict) and set(got) == set(want), where
         for k in want:
             _compare_json(got[k], want[k], tol, f"{where}.{k}")

@@ -52,6 +52,7 @@ from typing import Any
 
 from harness.archs import conv, mlp, resconv, resmlp
 from harness.archs.base import CAPABILITIES, Architecture
+from harness.core import norms
 from harness.core.validate import ConfigError
 
 #: arch name -> entry, in the order the CLI lists them
@@ -86,10 +87,14 @@ def labels(capability: str) -> str:
 
 def why_not(spec: Any, capability: str) -> str:
     """"" where the run's architecture supports `capability` for this run, else the reason:
-    "defined for MLPs (arch=mlp) only", or the entry's own (`Architecture.limits`)."""
+    "defined for MLPs (arch=mlp) only", the norm entry's (`harness.core.norms.Norm.why_not`),
+    or the architecture entry's own (`Architecture.limits`)."""
     entry = get(spec.arch)
     if capability not in entry.capabilities:
         return f"defined for {labels(capability)} ({names(capability)}) only"
+    norm = norms.get(getattr(spec, "norm", "none")).why_not(capability)  # the norm entry's reason
+    if norm:
+        return f"not defined with norm={spec.norm}: {norm}"
     return entry.limits(spec, capability)
 
 

@@ -83,6 +83,16 @@ class Architecture(ABC):
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """Its own keys of a config, validated (ConfigError), as Spec fields: {key: value}."""
 
+    def theory_note(self, spec: Spec) -> str:
+        """A one-line note on the run's theory where part of it is missing (e.g. "BatchNorm
+        theory: not yet"), "" otherwise; the console and metadata list it with the notes."""
+        return ""
+
+    def norm_limits(self, cfg: Mapping[str, Any]) -> str:
+        """Why a normalization layer (norm=batchnorm|layernorm|rmsnorm) cannot be used with this
+        config of the architecture ("" if it can; e.g. resmlp's normalizer-free residual.nf)."""
+        return ""
+
     def limits(self, spec: Spec, capability: str) -> str:
         """Why a capability it supports does not apply to this run ("" if it does)."""
         return ""

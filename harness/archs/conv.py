@@ -67,7 +67,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs.base import CRITICALITY, POSITION, POSITIONS, Architecture, Tick
-from harness.core import validate
+from harness.archs.mlp import norm_theory
+from harness.core import norms, validate
 from harness.core.activations import Activation
 from harness.core.validate import ConfigError
 from harness.sim import regen
@@ -252,6 +253,85 @@ def propagate(
     return stat
 
 
+def propagate_norm(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    cotangent: torch.Tensor,
+    act: Activation,
+    padding_mode: str,
+    norm: norms.Norm,
+    position: str,
+    eps: float,
+    tick: Tick | None = None,
+) -> dict[str, torch.Tensor]:
+    """`propagate` with a normalization layer N in layers 1..L−1 (pre: x^l = φ(N(h^l)); post:
+    x^l = N(φ(h^l)); the readout without), N's statistics over `Norm.dims("conv")` of the
+    (B, R, C, P) view (batchnorm per channel over the batch and positions, the per-sample norms
+    over a sample's channels and positions) and the written-out backward through them. Returns
+    `propagate`'s quantities (of the pre-norm h^l) and normed = mean N(·)², (R, L−1)."""
+    L = len(weights)
+    R, B, C0, *S = x0.shape
+    P = math.prod(S)
+    dims = norm.dims("conv")
+    max_elements = 2 * B * R * P * max(max(w.shape[1:3]) for w in weights)
+    new = x0.new_empty
+    stat = dict(forward=new(R, L), activation=new(R, L - 1), normed=new(R, L - 1),
+                backward=new(R, L), weight_grad=new(R, L), channel_mean_sq=new(R, L),
+                channel_var=new(R, L))
+    pos_f, pos_b = new(R, L, P), new(R, L, P)
+    x = x0.transpose(0, 1).reshape(B, R * C0, *S)
+    inputs: list[torch.Tensor] = [x]  # every layer's input x^{l-1}
+    saved: list[tuple[torch.Tensor, ...]] = []  # pre: (y, s); post: (h, y, s), (B, R, C, P)
+    for l, W in enumerate(weights):
+        h = conv(x, W, padding_mode, None if biases is None else biases[l])
+        hv = h.view(B, R, -1, P)
+        pos_f[:, l] = hv.square().mean((0, 2))
+        var, mean = _channel_var_mean(hv)
+        stat["channel_mean_sq"][:, l] = mean.square().mean(-1)
+        stat["channel_var"][:, l] = var.mean(-1)
+        if l < L - 1:
+            if position == "pre":
+                y, s = norm.forward(hv, dims, eps)
+                a = act.phi(y)
+                saved.append((y, s))
+                x = a.reshape(h.shape)
+            else:
+                a = act.phi(hv)
+                y, s = norm.forward(a, dims, eps)
+                saved.append((hv, y, s))
+                x = y.reshape(h.shape)
+            stat["activation"][:, l] = a.square().mean((0, 2, 3))
+            stat["normed"][:, l] = y.square().mean((0, 2, 3))
+            inputs.append(x)
+        if tick is not None:
+            tick()
+    stat["forward"] = pos_f.mean(-1)
+    delta = cotangent.transpose(0, 1).reshape(B, -1, *S)
+    for l in range(L - 1, -1, -1):
+        pos_b[:, l] = delta.view(B, R, -1, P).square().mean((0, 2))
+        stat["weight_grad"][:, l] = weight_grad_sq(delta, inputs[l], weights[l].shape, padding_mode,
+                                                   max_elements)
+        if l > 0:
+            g = conv_adjoint(delta, weights[l], padding_mode)  # ∂loss/∂x^{l-1}
+            gv = g.view(B, R, -1, P)
+            if position == "pre":
+                y, s = saved[l - 1]
+                d = norm.backward(gv * act.dphi(y), y, s, dims)
+            else:
+                hv, y, s = saved[l - 1]
+                d = norm.backward(gv, y, s, dims) * act.dphi(hv)
+            delta = d.reshape(g.shape)
+            saved[l - 1] = ()
+            inputs[l] = delta  # no longer needed
+        if tick is not None:
+            tick()
+    stat["backward"] = pos_b.mean(-1)
+    stat[POSITION + "forward"] = pos_f
+    stat[POSITION + "backward"] = pos_b
+    return stat
+
+
 def _channel_var_mean(hv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Population variance and mean of hv (B, R, C, P) over inputs × positions, per (R, C):
     two passes (the mean, then the mean squared deviation), with contiguous inner sums
@@ -272,6 +352,8 @@ def bytes_per_replicate(spec: Spec) -> int:
     weights = sum(math.prod(s) for s in spec.weight_shapes)
     saved = spec.batch * P * sum(spec.widths[:-1])
     working = 8 * spec.batch * P * max(spec.widths)
+    if not spec.normalization.identity:  # propagate_norm: inputs, N's outputs (post: also h) saved
+        saved *= 3
     return item * (weights + saved + working + 2 * spec.depth * P + 8 * spec.depth)
 
 
@@ -345,12 +427,52 @@ def position_maps(spec: Spec) -> dict[str, np.ndarray]:
     return {"forward": q, "x2": x2, "backward": g, "weight_grad": wg}
 
 
+def position_maps_norm(spec: Spec) -> dict[str, np.ndarray]:
+    """`position_maps` with a per-sample norm in layers 1..L−1, through the norm entry's stage
+    maps (`harness.core.norms.sample_position_stage`: the statistics pool over channels and
+    positions): q^{l+1}(p) = σ_b² + Σ_t C_l v_t 1[p+t] x2^l(p+t), g^l(p) = back^l(p) Σ_t C_{l+1}
+    v_t 1[p−t] g^{l+1}(p−t); also the maps a2 (activation) and normed. NaN maps where the norm
+    has no position theory (batchnorm)."""
+    act: Activation = spec.activation
+    L, S, mode = spec.depth, spec.spatial, spec.padding_mode
+    stage = spec.normalization.position_stage
+    if stage is None:
+        nan = np.full((L, *S), np.nan)
+        return {"forward": nan, "x2": nan.copy(), "a2": nan.copy(), "normed": nan.copy(),
+                "backward": nan.copy(), "weight_grad": np.full(L, np.nan)}
+    taps = spec.tap_variances()
+    C = spec.widths
+    b2 = spec.bias_std**2
+    q, x2, g = np.empty((L, *S)), np.empty((L, *S)), np.empty((L, *S))
+    a2, nd, back = np.full((L, *S), np.nan), np.full((L, *S), np.nan), np.empty((L, *S))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+        x2[0] = spec.input_var
+        for l in range(L):
+            if l > 0:
+                st = stage(act, q[l - 1], spec.norm_position, spec.norm_eps)  # type: ignore[arg-type]
+                x2[l], a2[l - 1], nd[l - 1], back[l - 1] = st.x2, st.a2, st.normed, st.back
+            q[l] = b2 + window_sum(x2[l], C[l] * taps[l], mode)
+        g[L - 1] = 1.0
+        for l in range(L - 2, -1, -1):
+            g[l] = back[l] * window_sum(g[l + 1], C[l + 2] * taps[l + 1], mode, -1)
+        uniform = np.full(taps[0].shape, 1.0 / taps[0].size)
+        wg = np.array([(g[l] * window_sum(x2[l], uniform, mode)).sum() for l in range(L)])
+    return {"forward": q, "x2": x2, "a2": a2[:-1] if L > 1 else a2[:0], "normed": nd[:-1],
+            "backward": g, "weight_grad": wg}
+
+
 def predict(spec: Spec) -> dict[str, np.ndarray]:
     """quantity -> prediction per layer l = 1..L (activation: l = 1..L-1), float64; the pooled
     forward, activation and backward are the position means of the maps."""
-    maps = position_maps(spec)
     axes = tuple(range(1, 1 + len(spec.spatial)))
     nan = np.full(spec.depth, np.nan)
+    if not spec.normalization.identity:
+        maps = position_maps_norm(spec)
+        return {"forward": maps["forward"].mean(axes), "activation": maps["a2"].mean(axes),
+                "normed": maps["normed"].mean(axes), "backward": maps["backward"].mean(axes),
+                "weight_grad": maps["weight_grad"], "channel_mean_sq": nan,
+                "channel_var": nan.copy()}
+    maps = position_maps(spec)
     return {
         "forward": maps["forward"].mean(axes),
         "activation": maps["x2"][1:].mean(axes),
@@ -388,7 +510,7 @@ class Conv(Architecture):
     capabilities = frozenset({CRITICALITY, POSITIONS})
     keys: Mapping[str, str] = {"kernel": "Int64", "image": "Int64", "padding_mode": "string",
                                "conv_dim": "Int64"}
-    all_quantities = QUANTITIES
+    all_quantities = (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
     # ∂loss/∂W^l[o, i, t] = Σ_p δ^l_o(p) x^{l-1}_i(p + t) sums over positions
     weight_grad_is_outer_product = False
     memory_keys = ("depth", "width (or widths: channels)", "batch", "image")
@@ -423,8 +545,9 @@ class Conv(Architecture):
         return (spec.kernel,) * spec.conv_dim  # type: ignore[operator]
 
     def quantities(self, spec: Spec) -> tuple[str, ...]:
-        """forward, activation, backward, weight_grad and the channel statistics."""
-        return QUANTITIES
+        """forward, activation, (normed with a norm), backward, weight_grad and the channel
+        statistics."""
+        return QUANTITIES if spec.normalization.identity else (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
 
     def propagate(
         self,
@@ -437,7 +560,11 @@ class Conv(Architecture):
         tick: Tick | None = None,
         workspace: Workspace | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`propagate` (module function) with the run's activation and padding (no workspace)."""
+        """`propagate` (module function) with the run's activation and padding (no workspace);
+        with a norm `propagate_norm`."""
+        if not spec.normalization.identity:
+            return propagate_norm(weights, biases, x0, cotangent, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
+                                  spec.normalization, spec.norm_position, spec.norm_eps, tick)  # type: ignore[arg-type]
         return propagate(weights, biases, x0, cotangent, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
                          tick=tick)
 
@@ -446,8 +573,8 @@ class Conv(Architecture):
         return bytes_per_replicate(spec)
 
     def recompute_bytes(self, spec: Spec, segment: int) -> int | None:
-        """`recompute_bytes` (module function)."""
-        return recompute_bytes(spec, segment)
+        """`recompute_bytes` (module function); None with a norm (no low-memory path)."""
+        return recompute_bytes(spec, segment) if spec.normalization.identity else None
 
     def propagate_recompute(
         self,
@@ -472,8 +599,14 @@ class Conv(Architecture):
         return predict(spec)
 
     def position_maps(self, spec: Spec) -> dict[str, np.ndarray]:
-        """`position_maps` (module function)."""
-        return position_maps(spec)
+        """`position_maps` (module function); with a norm `position_maps_norm`."""
+        return position_maps(spec) if spec.normalization.identity else position_maps_norm(spec)
+
+    def theory_note(self, spec: Spec) -> str:
+        """The norm entry's reason where its theory is missing ("" otherwise)."""
+        if spec.normalization.identity or spec.normalization.position_stage is not None:
+            return ""
+        return norm_theory(spec, "mlp")[1]
 
     def layer(
         self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,

@@ -40,6 +40,7 @@ from harness.archs.base import (
     Architecture,
     Tick,
 )
+from harness.core import norms
 from harness.core.activations import Activation
 from harness.sim import dense, jacobian, lsuv, regen
 from harness.sim.workspace import Workspace
@@ -249,6 +250,109 @@ def propagate_recompute(
     return stat
 
 
+def propagate_norm(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    cotangent: torch.Tensor,
+    act: Activation,
+    norm: norms.Norm,
+    position: str,
+    eps: float,
+    tick: Tick | None = None,
+) -> dict[str, torch.Tensor]:
+    """`propagate` with a normalization layer N (`harness.core.norms`) in layers 1..L−1:
+
+        pre:  x^l = φ(N(h^l)),    post: x^l = N(φ(h^l)),    h^{l+1} = x^l (W^{l+1})ᵀ + b^{l+1}
+
+    (layer L the linear readout, no norm). N's statistics are over the dims of its entry
+    (`Norm.dims("dense")`: batchnorm over a network's batch per feature, the per-sample norms
+    over a sample's features), and the written-out backward passes through them
+    (`Norm.backward`), with δ^l = ∂loss/∂h^l (the total loss Σ_b r_b·y_b):
+
+        pre:  δ^l = N'ᵀ(φ'(N(h^l)) ⊙ δ^{l+1} W^{l+1}),   post: δ^l = φ'(h^l) ⊙ N'ᵀ(δ^{l+1} W^{l+1})
+
+    Returns `propagate`'s quantities (forward = mean (h^l)², the pre-norm layer; activation =
+    mean of φ's output², l < L; weight_grad = mean_b[mean_i (δ^l_bi)² · mean_j (x^{l-1}_bj)²], the
+    per-example terms δ^l_b (x^{l-1}_b)ᵀ of the gradient Σ_b δ^l_b (x^{l-1}_b)ᵀ, each example's
+    own gradient for a per-sample norm) and normed = mean N(·)², (R, L−1).
+    """
+    L = len(weights)
+    R, B = x0.shape[:2]
+    dims = norm.dims("dense")
+    new = x0.new_empty
+    stat = dict(forward=new(R, L), activation=new(R, L - 1), normed=new(R, L - 1),
+                backward=new(R, L), weight_grad=new(R, L))
+    if B >= 2:
+        stat["correlation"] = new(R, L)
+    x_sq: list[torch.Tensor] = []
+    saved: list[tuple[torch.Tensor, ...]] = []  # pre: (y, s); post: (h, y, s)
+    x = x0
+    for l, W in enumerate(weights):
+        x_sq.append(_mean_sq_rows(x))
+        h = dense.affine(x, W, None if biases is None else biases[l])
+        sq_norm = torch.linalg.vector_norm(h, dim=-1).square()
+        stat["forward"][:, l] = sq_norm.mean(-1) / h.shape[-1]
+        if "correlation" in stat:
+            stat["correlation"][:, l] = mean_cosine(h, sq_norm)
+        if l < L - 1:
+            if position == "pre":
+                y, s = norm.forward(h, dims, eps)
+                a = x = act.phi(y)
+                saved.append((y, s))
+            else:
+                a = act.phi(h)
+                y, s = norm.forward(a, dims, eps)
+                x = y
+                saved.append((h, y, s))
+            stat["activation"][:, l] = _mean_sq_rows(a).mean(-1)
+            stat["normed"][:, l] = _mean_sq_rows(y).mean(-1)
+        if tick is not None:
+            tick()
+    delta = cotangent
+    for l in range(L - 1, -1, -1):
+        if l < L - 1:
+            g = torch.bmm(delta, weights[l + 1])  # ∂loss/∂x^l
+            if position == "pre":
+                y, s = saved[l]
+                delta = norm.backward(g * act.dphi(y), y, s, dims)
+            else:
+                h, y, s = saved[l]
+                delta = norm.backward(g, y, s, dims) * act.dphi(h)
+            saved[l] = ()
+        d_sq = _mean_sq_rows(delta)
+        stat["backward"][:, l] = d_sq.mean(-1)
+        stat["weight_grad"][:, l] = (d_sq * x_sq[l]).mean(-1)
+        if tick is not None:
+            tick()
+    return stat
+
+
+def norm_theory(spec: Spec, kind: str, weight_variances: Sequence[float] | None = None
+                ) -> tuple[dict[str, np.ndarray], str]:
+    """The norm entry's theory hook (`harness.core.norms.Norm.theory`) on the run's numbers:
+    σ_w² = fan_in·Var(W), ρ² = fan_out·Var(W) per weight layer, n the normalized width of each
+    layer's output (a conv's channels × positions)."""
+    var_w = np.array(spec.weight_variances() if weight_variances is None else weight_variances,
+                     dtype=np.float64)
+    shapes = spec.weight_shapes
+    fan_in = np.array([math.prod(s[1:]) for s in shapes], dtype=np.float64)
+    fan_out = np.array([s[0] * math.prod(s[2:]) for s in shapes], dtype=np.float64)
+    P = math.prod(spec.spatial)
+    widths = np.array([s[0] * P for s in shapes], dtype=np.float64)
+    m = spec.residual_branch_depth or 1
+    alphas = np.empty(0)
+    if spec.residual_alpha is not None:
+        div = {"none": 1.0, "sqrt": math.sqrt(spec.depth), "linear": float(spec.depth)}
+        alphas = np.full(spec.depth, spec.residual_alpha / div[spec.residual_depth_scaling])  # type: ignore[index]
+    stack = norms.Stack(kind=kind, act=spec.activation, sigma_w2=fan_in * var_w, rho2=fan_out * var_w,
+                        sigma_b2=spec.bias_std**2, q0=spec.input_var, c0=spec.input_corr,
+                        batch=spec.batch, depth=spec.depth, position=spec.norm_position or "pre",
+                        eps=float(spec.norm_eps or 0.0), widths=widths, alphas=alphas, m=m, ws=spec.ws)
+    assert spec.normalization.theory is not None
+    return spec.normalization.theory(stack)
+
+
 def _mean_sq_rows(t: torch.Tensor) -> torch.Tensor:
     """mean over the last dim of t², in one pass without a t-sized temporary: (R, B)."""
     return torch.linalg.vector_norm(t, dim=-1).square_().div_(t.shape[-1])
@@ -262,6 +366,9 @@ def bytes_per_replicate(spec: Spec) -> int:
     saved = spec.batch * sum(spec.widths[1:-1])
     working = 4 * spec.batch * max(spec.widths)
     jac = jacobian.bytes_per_replicate(spec.jacobian, spec.widths, item) if spec.jacobian else 0
+    if not spec.normalization.identity:  # propagate_norm: h (post) and N's output saved per layer,
+        saved *= 2                       # a few more working activations (φ(y), g, φ'(·))
+        working += 4 * spec.batch * max(spec.widths)
     return item * (weights + saved + working + (spec.depth + 1) * spec.batch) + jac
 
 
@@ -287,7 +394,7 @@ class MLP(Architecture):
     label = "MLPs"
     capabilities = frozenset({JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND, WS})
     keys: Mapping[str, str] = {}
-    all_quantities = (*QUANTITIES, *jacobian.QUANTITIES)
+    all_quantities = (*QUANTITIES[:2], "normed", *QUANTITIES[2:], *jacobian.QUANTITIES)
     weight_grad_is_outer_product = True
     memory_keys = ("depth", "width (or widths)", "batch", "jacobian")
 
@@ -296,9 +403,11 @@ class MLP(Architecture):
         return {}
 
     def quantities(self, spec: Spec) -> tuple[str, ...]:
-        """forward, activation, backward, weight_grad, correlation (batch ≥ 2), and jacobian_*
-        with jacobian=k > 0."""
+        """forward, activation, (normed with a norm), backward, weight_grad, correlation
+        (batch ≥ 2), and jacobian_* with jacobian=k > 0."""
         base = QUANTITIES if spec.batch >= 2 else QUANTITIES[:-1]
+        if not spec.normalization.identity:  # normed after activation
+            base = (*base[:2], "normed", *base[2:])
         return (*base, *jacobian.QUANTITIES) if spec.jacobian else base
 
     def propagate(
@@ -312,7 +421,11 @@ class MLP(Architecture):
         tick: Tick | None = None,
         workspace: Workspace | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`propagate` (module function) with the run's activation."""
+        """`propagate` (module function) with the run's activation; with a norm
+        `propagate_norm`."""
+        if not spec.normalization.identity:
+            return propagate_norm(weights, biases, x0, cotangent, spec.activation, spec.normalization,
+                                  spec.norm_position, spec.norm_eps, tick)  # type: ignore[arg-type]
         return propagate(weights, biases, x0, cotangent, spec.activation, tick, workspace)
 
     def bytes_per_replicate(self, spec: Spec) -> int:
@@ -320,8 +433,8 @@ class MLP(Architecture):
         return bytes_per_replicate(spec)
 
     def recompute_bytes(self, spec: Spec, segment: int) -> int | None:
-        """`recompute_bytes` (module function)."""
-        return recompute_bytes(spec, segment)
+        """`recompute_bytes` (module function); None with a norm (no low-memory path)."""
+        return recompute_bytes(spec, segment) if spec.normalization.identity else None
 
     def propagate_recompute(
         self,
@@ -363,7 +476,9 @@ class MLP(Architecture):
         self, spec: Spec, weight_variances: Sequence[float] | None = None
     ) -> dict[str, np.ndarray]:
         """`harness.theory.meanfield.dense`, and with jacobian=k `harness.sim.jacobian.predict`
-        from its forward prediction."""
+        from its forward prediction; with a norm the norm entry's theory hook (`norm_theory`)."""
+        if not spec.normalization.identity:
+            return norm_theory(spec, "mlp", weight_variances)[0]
         out = meanfield.dense(spec, weight_variances)
         if not spec.jacobian:
             return out
@@ -372,6 +487,10 @@ class MLP(Architecture):
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             jac = jacobian.predict(spec.activation, spec.scheme, spec.widths, var_w, out["forward"])
         return {**jac, **out}
+
+    def theory_note(self, spec: Spec) -> str:
+        """The norm entry's reason where its theory is missing ("" otherwise)."""
+        return "" if spec.normalization.identity else norm_theory(spec, "mlp")[1]
 
     def layer(
         self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,

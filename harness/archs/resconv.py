@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.archs import conv, resmlp
+from harness.archs import conv, mlp, resmlp
 from harness.archs.base import POSITION, POSITIONS, Architecture, Tick
-from harness.core import schemes
+from harness.core import norms, schemes
 from harness.core.activations import Activation
 from harness.sim.workspace import Workspace
 
@@ -126,6 +126,98 @@ def propagate(
     return stat
 
 
+def propagate_norm(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    cotangent: torch.Tensor,
+    act: Activation,
+    padding_mode: str,
+    m: int,
+    alpha: Sequence[float],
+    norm: norms.Norm,
+    position: str,
+    eps: float,
+    tick: Tick | None = None,
+) -> dict[str, torch.Tensor]:
+    """`harness.archs.resmlp.propagate_norm`'s blocks (pre: a norm before every φ of the branch;
+    post: x^l = N(x^{l-1} + α_l f(x^{l-1}))) with conv weight layers, N's statistics over
+    `Norm.dims("conv")` of the (B, R, C, P) view. Returns `propagate`'s quantities and normed
+    (R, L), the block's first norm's output moment."""
+    L = len(weights) // m
+    R, B, C, *S = x0.shape
+    P = math.prod(S)
+    dims = norm.dims("conv")
+    new = x0.new_empty
+    stat = dict(forward=new(R, L), branch=new(R, L), normed=new(R, L), backward=new(R, L),
+                weight_grad=new(R, L * m), channel_mean_sq=new(R, L), channel_var=new(R, L))
+    pos_f, pos_b = new(R, L, P), new(R, L, P)
+    max_elements = 2 * B * R * P * C
+    pre_ = position == "pre"
+    x = x0.transpose(0, 1).reshape(B, R * C, *S)
+    shape = x.shape
+    saved: list[list[tuple[torch.Tensor, ...]]] = []
+    ins: list[list[torch.Tensor]] = []
+    out_norm: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for l in range(L):
+        z = x
+        zs, as_ = [], []
+        for j in range(m):
+            k = l * m + j
+            if pre_:
+                y, sc = norm.forward(z.view(B, R, C, P), dims, eps)
+                if j == 0:
+                    stat["normed"][:, l] = y.square().mean((0, 2, 3))
+                zs.append((y, sc))
+                a = act.phi(y).reshape(shape)
+            else:
+                zs.append((z.view(B, R, C, P),))
+                a = act.phi(z)
+            as_.append(a)
+            z = conv.conv(a, weights[k], padding_mode, None if biases is None else biases[k])
+        saved.append(zs)
+        ins.append(as_)
+        stat["branch"][:, l] = z.view(B, R, -1).square().mean((0, 2))
+        x = x + alpha[l] * z
+        if not pre_:
+            y, sc = norm.forward(x.view(B, R, C, P), dims, eps)
+            out_norm.append((y, sc))
+            stat["normed"][:, l] = y.square().mean((0, 2, 3))
+            x = y.reshape(shape)
+        xv = x.view(B, R, C, P)
+        pos_f[:, l] = xv.square().mean((0, 2))
+        var, mean = conv._channel_var_mean(xv)
+        stat["channel_mean_sq"][:, l] = mean.square().mean(-1)
+        stat["channel_var"][:, l] = var.mean(-1)
+        if tick is not None:
+            tick()
+    stat["forward"] = pos_f.mean(-1)
+    delta = cotangent.transpose(0, 1).reshape(shape)
+    for l in range(L - 1, -1, -1):
+        pos_b[:, l] = delta.view(B, R, C, P).square().mean((0, 2))
+        if not pre_:
+            y, sc = out_norm[l]
+            delta = norm.backward(delta.view(B, R, C, P), y, sc, dims).reshape(shape)
+        e = delta * alpha[l]
+        for j in range(m - 1, -1, -1):
+            k = l * m + j
+            stat["weight_grad"][:, k] = conv.weight_grad_sq(e, ins[l][j], weights[k].shape,
+                                                            padding_mode, max_elements)
+            gv = conv.conv_adjoint(e, weights[k], padding_mode).view(B, R, C, P)
+            gv = gv * act.dphi(saved[l][j][0])
+            if pre_:
+                gv = norm.backward(gv, saved[l][j][0], saved[l][j][1], dims)
+            e = gv.reshape(shape)
+        delta = delta + e
+        saved[l], ins[l] = [], []
+        if tick is not None:
+            tick()
+    stat["backward"] = pos_b.mean(-1)
+    stat[POSITION + "forward"] = pos_f
+    stat[POSITION + "backward"] = pos_b
+    return stat
+
+
 def position_maps(spec: Spec) -> dict[str, np.ndarray]:
     """The position-resolved recursions of the module doc: forward q^l(p), branch B^l(p),
     backward g^l(p), (L, *S); weight_grad (L·m,)."""
@@ -167,9 +259,32 @@ def position_maps(spec: Spec) -> dict[str, np.ndarray]:
     return {"forward": fwd, "branch": br, "backward": bwd, "weight_grad": wg}
 
 
+#: why a normalized resconv with zero padding has no theory here
+ZERO_PADDING_NORM = ("resconv with a norm: theory for circular padding only (every position then "
+                     "follows resmlp's normalized recursions)")
+
+
+def norm_predict(spec: Spec) -> tuple[dict[str, np.ndarray], str]:
+    """With a norm and circular padding every position follows resmlp's normalized recursions
+    (the norm entry's hook, σ_w² = fan_in·Var(W), n = C·P), the weight gradient summed over the
+    P positions; zero padding: NaN and `ZERO_PADDING_NORM`."""
+    L, m = spec.depth, spec.residual_branch_depth
+    nan = np.full(L, np.nan)
+    if spec.padding_mode != "circular":
+        out = {q: nan.copy() for q in ("forward", "branch", "normed", "backward")}
+        return {**out, "weight_grad": np.full(L * m, np.nan), "channel_mean_sq": nan.copy(),  # type: ignore[operator]
+                "channel_var": nan.copy()}, ZERO_PADDING_NORM
+    th, why = mlp.norm_theory(spec, "resmlp")
+    th = {k: v for k, v in th.items() if k != "correlation"}
+    th["weight_grad"] = th["weight_grad"] * math.prod(spec.spatial)
+    return {**th, "channel_mean_sq": nan.copy(), "channel_var": nan.copy()}, why
+
+
 def predict(spec: Spec) -> dict[str, np.ndarray]:
     """Pooled predictions: position means of the maps; weight_grad per weight layer; NaN for
-    the channel statistics."""
+    the channel statistics. With a norm: `norm_predict`."""
+    if not spec.normalization.identity:
+        return norm_predict(spec)[0]
     maps = position_maps(spec)
     axes = tuple(range(1, 1 + len(spec.spatial)))
     nan = np.full(spec.depth, np.nan)
@@ -186,7 +301,7 @@ class ResConv(Architecture):
     capabilities = frozenset({POSITIONS})
     keys: Mapping[str, str] = {**conv.ARCH.keys, **resmlp.KEYS}
     groups = (resmlp.GROUP,)
-    all_quantities = QUANTITIES
+    all_quantities = (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
     weight_grad_is_outer_product = False
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,8 +341,9 @@ class ResConv(Architecture):
         return None if all(s == 1.0 for s in scales) else scales
 
     def quantities(self, spec: Spec) -> tuple[str, ...]:
-        """forward, branch, backward, weight_grad and the channel statistics."""
-        return QUANTITIES
+        """forward, branch, (normed with a norm), backward, weight_grad and the channel
+        statistics."""
+        return QUANTITIES if spec.normalization.identity else (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
 
     def row_columns(self, spec: Spec, quantity: str, n: int) -> dict[str, np.ndarray]:
         """weight_grad: `branch_layer`, as for resmlp."""
@@ -244,7 +360,12 @@ class ResConv(Architecture):
         tick: Tick | None = None,
         workspace: Workspace | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`propagate` (module function) with the run's padding, α_l, β_l and γ."""
+        """`propagate` (module function) with the run's padding, α_l, β_l and γ; with a norm
+        `propagate_norm`."""
+        if not spec.normalization.identity:
+            return propagate_norm(weights, biases, x0, cotangent, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
+                                  spec.residual_branch_depth, resmlp.alphas(spec).tolist(),  # type: ignore[arg-type]
+                                  spec.normalization, spec.norm_position, spec.norm_eps, tick)  # type: ignore[arg-type]
         beta = np.sqrt(resmlp.betas2(spec)).tolist() if spec.residual_nf else None
         return propagate(weights, biases, x0, cotangent, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
                          spec.residual_branch_depth, resmlp.alphas(spec).tolist(), beta,  # type: ignore[arg-type]
@@ -257,7 +378,8 @@ class ResConv(Architecture):
         m = spec.residual_branch_depth
         weights = sum(math.prod(s) for s in spec.weight_shapes)
         act = spec.batch * P * spec.widths[0]
-        return item * (weights + act * (2 * spec.depth * m + 10) + 2 * spec.depth * P)  # type: ignore[operator]
+        extra = 0 if spec.normalization.identity else act * spec.depth * (1 + m)  # N's outputs
+        return item * (weights + act * (2 * spec.depth * m + 10) + extra + 2 * spec.depth * P)  # type: ignore[operator]
 
     def predict(
         self, spec: Spec, weight_variances: Sequence[float] | None = None
@@ -266,8 +388,17 @@ class ResConv(Architecture):
         return predict(spec)
 
     def position_maps(self, spec: Spec) -> dict[str, np.ndarray]:
-        """`position_maps` (module function)."""
-        return position_maps(spec)
+        """`position_maps` (module function); with a norm the pooled `norm_predict` at every
+        position."""
+        if spec.normalization.identity:
+            return position_maps(spec)
+        th = norm_predict(spec)[0]
+        ones = np.ones(spec.spatial)
+        return {k: np.multiply.outer(th[k], ones) for k in ("forward", "branch", "backward")}
+
+    def theory_note(self, spec: Spec) -> str:
+        """The norm's reason where the theory is missing ("" otherwise)."""
+        return "" if spec.normalization.identity else norm_predict(spec)[1]
 
     def layer(
         self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,
@@ -284,7 +415,13 @@ class ResConv(Architecture):
         layers = [self.layer(spec, C, C, bias=bias, device=device, dtype=dtype)
                   for _ in range(spec.residual_branch_depth)]  # type: ignore[arg-type]
         return resmlp.ResidualBlock(layers, spec.activation, float(resmlp.alphas(spec)[l]),
-                                    math.sqrt(resmlp.betas2(spec)[l]), resmlp.gamma(spec))
+                                    math.sqrt(resmlp.betas2(spec)[l]), resmlp.gamma(spec),
+                                    resmlp.norm_modules(spec, (C, *self.spatial(spec)), device=device,
+                                                        dtype=dtype), spec.norm_position or "pre")
+
+    def norm_limits(self, cfg: Mapping[str, Any]) -> str:
+        """residual.nf with a norm: as for resmlp."""
+        return resmlp.nf_limit(cfg)
 
 
 ARCH = ResConv()

@@ -62,8 +62,8 @@ import torch
 from torch import nn
 
 from harness.archs.base import INPUT_CORR, WS, Architecture, Tick
-from harness.archs.mlp import _mean_sq_rows, mean_cosine
-from harness.core import schemes, validate
+from harness.archs.mlp import _mean_sq_rows, mean_cosine, norm_theory
+from harness.core import norms, schemes, validate
 from harness.core.activations import Activation
 from harness.core.quadrature import gaussian_expectation
 from harness.core.validate import ConfigError
@@ -113,6 +113,13 @@ def config_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
                           f"widths={widths!r})")
     return dict(residual_branch_depth=int(m), residual_alpha=float(alpha),
                 residual_depth_scaling=str(scaling), residual_nf=nf)
+
+
+def nf_limit(cfg: Mapping[str, Any]) -> str:
+    """Why a norm cannot go with this config: residual.nf=true ("" otherwise)."""
+    if (cfg.get(GROUP) or {}).get("nf"):
+        return "residual.nf=true makes normalizer-free blocks; set residual.nf=false or norm=none"
+    return ""
 
 
 def alphas(spec: Spec) -> np.ndarray:
@@ -216,6 +223,93 @@ def propagate(
     return stat
 
 
+def propagate_norm(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    cotangent: torch.Tensor,
+    act: Activation,
+    m: int,
+    alpha: Sequence[float],
+    norm: norms.Norm,
+    position: str,
+    eps: float,
+    tick: Tick | None = None,
+) -> dict[str, torch.Tensor]:
+    """`propagate` with a normalization layer N (`harness.core.norms`, dims `Norm.dims("dense")`):
+
+        pre:   x^l = x^{l-1} + α_l f(x^{l-1}),  f(u) = W_m φ(N(… W_1 φ(N(u)) + b_1 …)) + b_m
+               (a norm before every φ of the branch: BN–φ–W–BN–φ–W, pre-LN transformer style)
+        post:  x^l = N(s^l),  s^l = x^{l-1} + α_l f(x^{l-1}),  f the plain branch W_m φ(… φ(u))
+
+    with the backward written out through N's statistics (`Norm.backward`): pre ε_{j-1} =
+    N'ᵀ(φ'(N(z_j)) ⊙ ε_j W_j), δ^{l-1} = δ^l + ε₀; post ∂loss/∂s^l = N'ᵀ(δ^l), then the plain
+    block's step. Returns `propagate`'s quantities (forward = mean (x^l)², the stream) and
+    normed (R, L) = mean N(·)² of the block's first norm (pre: N(x^{l-1}); post: x^l itself).
+    """
+    L = len(weights) // m
+    R, B, _ = x0.shape
+    dims = norm.dims("dense")
+    new = x0.new_empty
+    stat = dict(forward=new(R, L), branch=new(R, L), normed=new(R, L), backward=new(R, L),
+                weight_grad=new(R, L * m))
+    if B >= 2:
+        stat["correlation"] = new(R, L)
+    pre_ = position == "pre"
+    saved: list[list[tuple[torch.Tensor, ...]]] = []  # per block and branch layer: (φ's input, s)
+    in_sq: list[list[torch.Tensor]] = []
+    out_norm: list[tuple[torch.Tensor, torch.Tensor]] = []  # post: (x^l = N(s^l), its scale)
+    x = x0
+    for l in range(L):
+        zs, sq = [], []
+        z = x
+        for j in range(m):
+            k = l * m + j
+            if pre_:
+                y, sc = norm.forward(z, dims, eps)
+                if j == 0:
+                    stat["normed"][:, l] = _mean_sq_rows(y).mean(-1)
+                zs.append((y, sc))
+                a = act.phi(y)
+            else:
+                zs.append((z,))
+                a = act.phi(z)
+            sq.append(_mean_sq_rows(a))
+            z = dense.affine(a, weights[k], None if biases is None else biases[k])
+        saved.append(zs)
+        in_sq.append(sq)
+        stat["branch"][:, l] = _mean_sq_rows(z).mean(-1)
+        x = x + alpha[l] * z
+        if not pre_:
+            x, sc = norm.forward(x, dims, eps)
+            out_norm.append((x, sc))
+            stat["normed"][:, l] = _mean_sq_rows(x).mean(-1)
+        sq_norm = torch.linalg.vector_norm(x, dim=-1).square()
+        stat["forward"][:, l] = sq_norm.mean(-1) / x.shape[-1]
+        if "correlation" in stat:
+            stat["correlation"][:, l] = mean_cosine(x, sq_norm)
+        if tick is not None:
+            tick()
+    delta = cotangent
+    for l in range(L - 1, -1, -1):
+        stat["backward"][:, l] = _mean_sq_rows(delta).mean(-1)
+        if not pre_:  # ∂loss/∂s^l
+            y, sc = out_norm[l]
+            delta = norm.backward(delta, y, sc, dims)
+        e = delta * alpha[l]
+        for j in range(m - 1, -1, -1):
+            k = l * m + j
+            stat["weight_grad"][:, k] = (_mean_sq_rows(e) * in_sq[l][j]).mean(-1)
+            e = torch.bmm(e, weights[k]) * act.dphi(saved[l][j][0])
+            if pre_:
+                e = norm.backward(e, saved[l][j][0], saved[l][j][1], dims)
+        delta = delta + e
+        saved[l] = []
+        if tick is not None:
+            tick()
+    return stat
+
+
 def bytes_per_replicate(spec: Spec) -> int:
     """Peak bytes one replicate needs: its L·m weights, the L·m saved pre-activations and a few
     working activations."""
@@ -223,7 +317,22 @@ def bytes_per_replicate(spec: Spec) -> int:
     n, m = spec.widths[0], spec.residual_branch_depth
     weights = spec.depth * m * n * n  # type: ignore[operator]
     saved = spec.batch * n * spec.depth * m  # type: ignore[operator]
+    if not spec.normalization.identity:  # propagate_norm: the post-norm outputs and more working
+        saved += spec.batch * n * spec.depth  # type: ignore[operator]
+        saved += 4 * spec.batch * n
     return item * (weights + saved + 6 * spec.batch * n + 4 * spec.depth * spec.batch)
+
+
+def norm_modules(spec: Spec, shape: tuple[int, ...], *, device: str | torch.device,
+                 dtype: torch.dtype) -> list[nn.Module]:
+    """A block's torch normalization modules (none for norm=none): pre, one per branch layer;
+    post, one for the sum."""
+    entry = spec.normalization
+    if entry.identity:
+        return []
+    count = spec.residual_branch_depth if spec.norm_position == "pre" else 1
+    return [entry.module(shape, spec.conv_dim, spec.norm_eps, device=device, dtype=dtype)  # type: ignore[arg-type]
+            for _ in range(count)]  # type: ignore[arg-type]
 
 
 # ---- theory --------------------------------------------------------------------------------------
@@ -284,20 +393,28 @@ def predict(spec: Spec, weight_variances: Sequence[float] | None = None) -> dict
 # ---- the plain torch block ---------------------------------------------------------------------
 class ResidualBlock(nn.Module):
     """x + α·f(x/β) with f the pre-activation branch of `layers` (module doc), ψ = γ·φ: one
-    nn.Module per block of the reference networks (`harness.sim.reference`)."""
+    nn.Module per block of the reference networks (`harness.sim.reference`). With `norms`
+    (torch's normalization modules): position pre, one before every φ of the branch
+    (x + α W_m ψ(N_m(… W_1 ψ(N_1(x))))); post, one on the sum (N(x + α f(x)))."""
 
     def __init__(self, layers: Sequence[nn.Module], act: Activation, alpha: float, beta: float = 1.0,
-                 gain: float = 1.0):
+                 gain: float = 1.0, norms: Sequence[nn.Module] = (), position: str = "pre"):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.norms = nn.ModuleList(norms)
         self.act, self.alpha, self.beta, self.gain = act, alpha, beta, gain
+        self.position = position
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x + α f(x/β), f = W_m ψ(… W_1 ψ(x/β) + b_1 …) + b_m."""
+        """x + α f(x/β), f = W_m ψ(… W_1 ψ(x/β) + b_1 …) + b_m (with the norms, class doc)."""
+        pre = len(self.norms) > 0 and self.position == "pre"
         z = x / self.beta
-        for layer in self.layers:
-            z = layer(self.gain * self.act.phi(z))
-        return x + self.alpha * z
+        for j, layer in enumerate(self.layers):
+            z = layer(self.gain * self.act.phi(self.norms[j](z) if pre else z))
+        out = x + self.alpha * z
+        if len(self.norms) > 0 and self.position == "post":
+            out = self.norms[0](out)
+        return out
 
 
 class ResMLP(Architecture):
@@ -308,7 +425,7 @@ class ResMLP(Architecture):
     capabilities = frozenset({INPUT_CORR, WS})
     keys: Mapping[str, str] = KEYS
     groups = (GROUP,)
-    all_quantities = QUANTITIES
+    all_quantities = (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
     weight_grad_is_outer_product = True
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -343,8 +460,9 @@ class ResMLP(Architecture):
         return None if all(s == 1.0 for s in scales) else scales
 
     def quantities(self, spec: Spec) -> tuple[str, ...]:
-        """forward, branch, backward, weight_grad, correlation (batch ≥ 2)."""
-        return QUANTITIES if spec.batch >= 2 else QUANTITIES[:-1]
+        """forward, branch, (normed with a norm), backward, weight_grad, correlation (batch ≥ 2)."""
+        base = QUANTITIES if spec.batch >= 2 else QUANTITIES[:-1]
+        return base if spec.normalization.identity else (*base[:2], "normed", *base[2:])
 
     def row_columns(self, spec: Spec, quantity: str, n: int) -> dict[str, np.ndarray]:
         """weight_grad: `branch_layer` j = 1..m of weight layer k = 1..L·m."""
@@ -363,7 +481,12 @@ class ResMLP(Architecture):
         tick: Tick | None = None,
         workspace: Workspace | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`propagate` (module function) with the run's α_l, β_l and γ."""
+        """`propagate` (module function) with the run's α_l, β_l and γ; with a norm
+        `propagate_norm`."""
+        if not spec.normalization.identity:
+            return propagate_norm(weights, biases, x0, cotangent, spec.activation,
+                                  spec.residual_branch_depth, alphas(spec).tolist(),  # type: ignore[arg-type]
+                                  spec.normalization, spec.norm_position, spec.norm_eps, tick)  # type: ignore[arg-type]
         beta = np.sqrt(betas2(spec)).tolist() if spec.residual_nf else None
         return propagate(weights, biases, x0, cotangent, spec.activation,
                          spec.residual_branch_depth, alphas(spec).tolist(), beta,  # type: ignore[arg-type]
@@ -376,8 +499,18 @@ class ResMLP(Architecture):
     def predict(
         self, spec: Spec, weight_variances: Sequence[float] | None = None
     ) -> dict[str, np.ndarray]:
-        """`predict` (module function)."""
+        """`predict` (module function); with a norm the norm entry's theory hook."""
+        if not spec.normalization.identity:
+            return norm_theory(spec, "resmlp", weight_variances)[0]
         return predict(spec, weight_variances)
+
+    def theory_note(self, spec: Spec) -> str:
+        """The norm entry's reason where its theory is missing ("" otherwise)."""
+        return "" if spec.normalization.identity else norm_theory(spec, "resmlp")[1]
+
+    def norm_limits(self, cfg: Mapping[str, Any]) -> str:
+        """residual.nf (normalizer-free blocks) is the alternative to a norm, not combined."""
+        return nf_limit(cfg)
 
     def layer(
         self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,
@@ -394,7 +527,9 @@ class ResMLP(Architecture):
         layers = [self.layer(spec, n, n, bias=bias, device=device, dtype=dtype)
                   for _ in range(spec.residual_branch_depth)]  # type: ignore[arg-type]
         beta = math.sqrt(betas2(spec)[l])
-        return ResidualBlock(layers, spec.activation, float(alphas(spec)[l]), beta, gamma(spec))
+        return ResidualBlock(layers, spec.activation, float(alphas(spec)[l]), beta, gamma(spec),
+                             norm_modules(spec, (n,), device=device, dtype=dtype),
+                             spec.norm_position or "pre")
 
 
 ARCH = ResMLP()

@@ -16,7 +16,7 @@ import torch
 
 from harness import archs
 from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV, WS
-from harness.core import activations
+from harness.core import activations, norms
 from harness.core import init as inits
 from harness.core.validate import DEPTH_MAX, INT_MAX, SCALE_MAX, ConfigError
 from harness.core.validate import check_number as _check_number
@@ -84,11 +84,21 @@ class Spec:
     jacobian: int = 0
     #: scaled weight standardization: per output unit W ← g (W − mean)/(std·√fan_in)
     ws: bool = False
+    #: the normalization layer (harness.core.norms: none | batchnorm | layernorm | rmsnorm), its
+    #: position (pre | post; None for none) and ε (torch's default resolved; None for none)
+    norm: str = "none"
+    norm_position: str | None = None
+    norm_eps: float | None = None
 
     # ---- derived views ------------------------------------------------------------------
     @property
     def activation(self) -> activations.Activation:
         return activations.get(self.act, **dict(self.act_params))
+
+    @property
+    def normalization(self) -> norms.Norm:
+        """The registry entry of `norm` (`harness.core.norms`)."""
+        return norms.get(self.norm)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -179,6 +189,7 @@ class Spec:
             "input_corr": self.input_corr,
             "jacobian": self.jacobian,
             "ws": self.ws,
+            **{k: getattr(self, k) for k in norms.COLUMNS},
             "dtype": self.dtype,
             "device": self.device,
             # every architecture's own keys (None where they do not apply): one set of columns
@@ -269,6 +280,8 @@ class Spec:
         # in bytes (· 2^20) an int64
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True, maximum=2.0**43)
         own = arch.config(cfg)  # the architecture's own keys, validated by its entry
+        norm = norms.from_config(cfg, batch, DTYPES[dtype])  # the norm group, by its entry
+        _norm_capabilities(norm["norm"], arch, scheme_name, cfg)
         _unused_groups(cfg, arch)
         if inits.scheme(scheme_name).calibrates_on_data and LSUV not in arch.capabilities:
             raise ConfigError(f"scheme lsuv calibrates {archs.labels(LSUV)} only; for "
@@ -305,6 +318,7 @@ class Spec:
             input_corr=float(input_corr),
             jacobian=jacobian,
             ws=ws,
+            **norm,
         )
         _ask(inits.scheme(scheme_name).check_branches, arch.branch_depth(spec))  # fixup: m ≥ 2
         memory.preflight(spec)  # one replicate must fit the budget and the device: else one line
@@ -322,6 +336,24 @@ def _jacobian(cfg: Mapping[str, Any], arch: archs.Architecture, batch: int) -> i
         raise ConfigError(f"jacobian is implemented for {archs.names(JACOBIAN)} only; for "
                           f"arch={arch.name} leave it at 0 (got jacobian={k})")
     return int(k)
+
+
+def _norm_capabilities(name: str, arch: archs.Architecture, scheme_name: str,
+                       cfg: Mapping[str, Any]) -> None:
+    """Requests a norm leaves undefined (jacobian=k, scheme=lsuv) and norms the architecture
+    cannot hold are one-line errors."""
+    entry = norms.get(name)
+    if entry.identity:
+        return
+    why = arch.norm_limits(cfg)
+    if why:
+        raise ConfigError(f"norm={name} with arch={arch.name}: {why}")
+    if cfg.get("jacobian", 0) and entry.why_not(JACOBIAN):
+        raise ConfigError(f"jacobian=k is not defined with norm={name} ({entry.why_not(JACOBIAN)}); "
+                          f"leave it at 0 or choose norm=none")
+    if inits.scheme(scheme_name).calibrates_on_data and entry.why_not(LSUV):
+        raise ConfigError(f"scheme lsuv is not defined with norm={name} ({entry.why_not(LSUV)}); "
+                          f"choose another scheme or norm=none")
 
 
 def _unused_groups(cfg: Mapping[str, Any], arch: archs.Architecture) -> None:

@@ -121,6 +121,7 @@ SIGNED = Kind("signed", signed=True)
 KINDS: dict[str, Kind] = {
     "forward": POSITIVE, "activation": POSITIVE, "backward": POSITIVE, "weight_grad": POSITIVE,
     "channel_mean_sq": POSITIVE, "channel_var": POSITIVE, "branch": POSITIVE,
+    "normed": POSITIVE,
     "jacobian_mean": POSITIVE, "jacobian_var": POSITIVE, "jacobian_rel_var": POSITIVE,
     "correlation": SIGNED,
 }

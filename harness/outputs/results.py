@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from harness import archs
-from harness.core import resources
+from harness.core import norms, resources
 from harness.core.spec import ConfigError, Spec
 
 METRICS = "metrics.parquet"
@@ -40,7 +40,7 @@ JACOBIAN = "jacobian.parquet"
 #: config columns that are null for some runs (width with `widths`; every architecture's own keys
 #: for the others, e.g. conv's for an MLP), with nullable dtypes so that frames of every kind of
 #: run concatenate
-NULLABLE = {"width": "Int64", **archs.column_dtypes()}
+NULLABLE = {"width": "Int64", **archs.column_dtypes(), **norms.COLUMNS}
 #: tests only: "NAME:N" kills this process (SIGKILL) at its N-th atomic write of NAME, after the
 #: temporary file is written and before the rename, as an out-of-memory kill or a power cut would
 FAULT_ENV = "HARNESS_FAULT_KILL_BEFORE_RENAME"

@@ -35,7 +35,7 @@ from harness.cli import ArgumentParser
 from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
 from harness.outputs.results import METADATA, atomic_write_bytes, layer_matrix, load
-from harness.papers import isometry, order_chaos
+from harness.papers import de_smith2020, isometry, order_chaos, xiong2020
 from harness.theory import finite_width, hanin
 
 
@@ -221,10 +221,48 @@ def pennington2017(df: pd.DataFrame):
     return isometry.figure(df, rows), numbers
 
 
+def _records(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """{label: {column: value}} of a table, JSON-safe (NaN as None), without run_dir."""
+    return {r["label"]: {k: (None if isinstance(v, float) and math.isnan(v) else
+                             (v.item() if hasattr(v, "item") else v))
+                         for k, v in r.items() if k != "run_dir"}
+            for r in rows.to_dict("records")}
+
+
+def de_smith_2020(df: pd.DataFrame):
+    """De & Smith 2020: a pre-norm BatchNorm ResNet's stream grows like l + 1 (the branch's
+    share like 1/(l + 1)), against 2^l unnormalized and flat with SkipInit."""
+    rows = de_smith2020.table(df)
+    numbers = _records(rows)
+    for row in numbers.values():
+        row["summary"] = (f"stream slope {row['linear_slope']:.4g} ± {row['linear_slope_se']:.2g} per "
+                          f"block (theory {row['theory_linear_slope']:.4g}), log2 rate "
+                          f"{row['log2_rate']:.4g} (theory {row['theory_log2_rate']:.4g}), branch "
+                          f"share at L {row['share_last']:.4g} (theory {row['share_theory']:.4g}, "
+                          f"1/(L+1) {row['one_over_L_plus_1']:.4g})")
+    return de_smith2020.figure(df, rows), numbers
+
+
+def xiong_2020(df: pd.DataFrame):
+    """Xiong et al. 2020: post-LN vs pre-LN per-block weight gradients and their depth scaling."""
+    rows = xiong2020.table(df)
+    numbers = _records(rows)
+    for row in numbers.values():
+        last = "final_ln_last" if row["position"] == "pre" else "last"
+        row["summary"] = (f"last block {row[last]:.4g} (theory {row['theory_' + last]:.4g}"
+                          f"{', with the final LayerNorm' if row['position'] == 'pre' else ''}), "
+                          f"last/first {row['last_over_first']:.4g} (theory "
+                          f"{row['theory_last_over_first']:.4g}), depth exponent "
+                          f"{row.get('depth_exponent') or float('nan'):.3g} (theory "
+                          f"{row.get('theory_depth_exponent') or float('nan'):.3g})")
+    return xiong2020.figure(df, rows), numbers
+
+
 EXPERIMENTS: dict[str, Callable[[pd.DataFrame], tuple[Any, dict[str, Any]]]] = {
     "torch_defaults": torch_defaults, "he2015": he2015, "glorot2010": glorot2010,
     "hanin2019": hanin2019, "order_chaos": order_chaos_2017, "pennington2017": pennington2017,
 }
+EXPERIMENTS.update({"de_smith2020": de_smith_2020, "xiong2020": xiong_2020})
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -252,6 +290,9 @@ def main(argv: list[str] | None = None) -> Path:
     atomic_write_bytes(out, buf.getvalue())
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(numbers, indent=1).encode())
     for name, row in numbers.items():
+        if "summary" in row:  # the experiment's own one-line summary
+            print(f"{name}: {row['summary']}")
+            continue
         if "c_star" in row:
             def f(key: str, row: dict = row) -> str:
                 v = row.get(key)

@@ -2,7 +2,10 @@
 (per block for residual architectures: `harness.archs.base.Architecture.block`).
 
 A member of a run is layer_1, φ, layer_2, φ, …, layer_L (a linear readout), each layer the plain
-torch module its architecture builds (`harness.archs.base.Architecture.layer`: nn.Linear for an
+torch module its architecture builds; with a norm (`harness.core.norms`) torch's own module
+(nn.BatchNorm1d/2d in training mode, nn.LayerNorm, nn.RMSNorm) sits before φ (norm.position=pre:
+layer, N, φ) or after it (post: layer, φ, N) in layers 1..L−1 (residual blocks hold theirs)
+(`harness.archs.base.Architecture.layer`: nn.Linear for an
 MLP, nn.Conv1d/2d with 'same' padding for a conv). Filled with the ensemble's drawn weights
 (`member(spec, weights, biases, r)`), autograd through it is the independent reference the
 batched runner is tested against; filled by torch.nn.init, it is `harness.bench`'s naive
@@ -18,6 +21,9 @@ from torch import nn
 
 from harness.core.activations import Activation
 from harness.core.spec import Spec
+
+#: torch's normalization modules (the reference networks' norms; not weighted layers here)
+NORM_MODULES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.RMSNorm)
 
 
 class Phi(nn.Module):
@@ -64,6 +70,7 @@ def member(
                             layer.bias.copy_(biases[l * m + j][r])
             layers.append(block)
         return nn.Sequential(*layers)
+    entry = spec.normalization
     for l in range(spec.depth):
         layer = arch.layer(spec, spec.widths[l], spec.widths[l + 1], bias=bias, device=device,
                            dtype=dtype)
@@ -74,7 +81,12 @@ def member(
                     layer.bias.copy_(biases[l][r])
         layers.append(layer)
         if l < spec.depth - 1:
-            layers.append(Phi(act))
+            if entry.identity:
+                layers.append(Phi(act))
+                continue
+            norm = entry.module((spec.widths[l + 1], *spec.spatial), spec.conv_dim, spec.norm_eps,  # type: ignore[arg-type]
+                                device=device, dtype=dtype)
+            layers.extend([norm, Phi(act)] if spec.norm_position == "pre" else [Phi(act), norm])
     return nn.Sequential(*layers)
 
 
@@ -90,7 +102,7 @@ def layers(net: nn.Sequential) -> list[nn.Module]:
     `.layers` in order), l = 1..L (1..L·m for residual blocks)."""
     out: list[nn.Module] = []
     for m in net:
-        if isinstance(m, Phi):
+        if isinstance(m, (Phi, *NORM_MODULES)):
             continue
         block_layers = getattr(m, "layers", None)
         out.extend(block_layers if isinstance(block_layers, nn.ModuleList) else [m])
