@@ -97,6 +97,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import integrate, stats
 
 from harness.core import activations
 from harness.core.activations import Activation
@@ -215,6 +216,18 @@ def _sphere_moments(name: str, params: tuple, batch: int, refine: int) -> Sphere
     return SphereMoments(V, C, T1, T2)
 
 
+def normed_eps(batch: int, a: float) -> float:
+    """E[v/(v + ε)] for the batch variance v = s²ρ²/B of a Gaussian unit, ρ² ~ χ²_{B−1}, with
+    a = ε/s²: the pre position's BN output moment with ε, 1 − E[aB/(ρ² + aB)] by adaptive
+    quadrature (split at ρ² = 100aB)."""
+    if a <= 0:
+        return 1.0
+    k, t = batch - 1, a * batch
+    f = lambda x: stats.chi2.pdf(x, k) * t / (x + t)  # noqa: E731
+    cut = 100 * t
+    return 1.0 - (integrate.quad(f, 0, cut, limit=200)[0] + integrate.quad(f, cut, np.inf, limit=200)[0])
+
+
 def mean_phi(act: Activation, batch: int) -> float:
     """M_B = E[φ(n_1)], n uniform on the batch sphere (`marginal_rule`)."""
     n1, w1 = marginal_rule(batch)
@@ -226,7 +239,7 @@ class PostMoments:
     """Post-position expectations at h ~ N(0, q[(1−c)I + c11ᵀ]) (module doc), with the
     Monte-Carlo standard errors of E_1 and E_2."""
 
-    alive: float  # p: probability that φ(h) is not constant over the batch
+    alive: float  # p = E[m_1²]: the probability that φ(h) varies over the batch (ε = 0)
     E1: float
     E2: float
     E1_se: float
@@ -234,7 +247,7 @@ class PostMoments:
 
 
 def post_moments(act: Activation, batch: int, q: float, c: float,
-                 samples: int = MC_SAMPLES, seed: int = MC_SEED) -> PostMoments:
+                 samples: int = MC_SAMPLES, seed: int = MC_SEED, eps: float = 0.0) -> PostMoments:
     """p, E_1 = E[σ_φ^{−2} φ'(h_1)² (Q_m)_11], E_2 = E[σ_φ^{−2} φ'(h_1)φ'(h_2)(Q_m)_12] by
     seeded Monte Carlo over `samples` batches h = √(q(1−c))·Pz + √(q(1+(B−1)c))·z̄1, z ~
     N(0, I_B) (float64), pooling the B diagonal and B(B−1) off-diagonal terms of each batch.
@@ -243,12 +256,12 @@ def post_moments(act: Activation, batch: int, q: float, c: float,
     infinite: `predict` does not ask). Batches with σ_φ = 0 contribute 0 (torch's BN gives 0
     and, for relu, φ' = 0 there)."""
     return _post_moments(act.name, tuple(act.params.items()), batch, float(q), float(c),
-                         samples, seed)
+                         samples, seed, float(eps))
 
 
 @functools.lru_cache(maxsize=4096)
 def _post_moments(name: str, params: tuple, batch: int, q: float, c: float, samples: int,
-                  seed: int) -> PostMoments:
+                  seed: int, eps: float) -> PostMoments:
     act = activations.get(name, **dict(params))
     B = batch
     gen = torch.Generator().manual_seed(seed)
@@ -264,7 +277,9 @@ def _post_moments(name: str, params: tuple, batch: int, q: float, c: float, samp
         pz = z - zbar
         h = s_perp * pz + s_par * zbar
         y = act.phi(h)
-        alive += float((y.amax(1) > y.amin(1)).to(torch.float64).sum())
+        v0 = (y - y.mean(1, keepdim=True)).square().mean(1)
+        kept = v0 / (v0 + eps) if eps > 0 else (v0 > 0).to(torch.float64)  # E[m²] per batch
+        alive += float(kept.sum())
         if B > 3:
             # importance sampling of the radius: ‖Pz‖² ~ χ²_{B−1} replaced by r² ~ χ²_{B−3}
             # with the weight r²/(B−3) (the density ratio); σ_φ^{−2} ~ r^{−2} near r = 0 makes
@@ -325,6 +340,7 @@ def predict(
     position: str = "pre",
     backward_gain: float | Sequence[float] | None = None,
     ws: bool = False,
+    eps: float = 0.0,
     samples: int = MC_SAMPLES,
     seed: int = MC_SEED,
 ) -> dict[str, np.ndarray]:
@@ -337,6 +353,8 @@ def predict(
         position: "pre" (x = φ(BN(h))) or "post" (x = BN(φ(h))).
         backward_gain: κ_l = fan_out·Var(W^l) (default σ_w,l², square layers).
         ws: weight rows centred (the next layer sees x minus its mean over units).
+        eps: BN's ε, kept only in `normed` (`normed_eps`) and the post position's E[(x^l)²]
+            (elsewhere its effect is a relative O(ε / batch variance)).
         samples, seed: the post position's Monte Carlo.
 
     Returns forward, correlation, backward, weight_grad (L values) and normed, activation
@@ -364,11 +382,12 @@ def predict(
     centre = float(mean_phi(act, B)) ** 2 if (ws and position == "pre") else 0.0
     for l in range(L - 1):
         if position == "pre":
-            normed[l], a2[l], x2[l] = 1.0, sph.V, sph.V
+            normed[l] = normed_eps(B, eps / (q[l] - q12[l])) if eps > 0 else 1.0
+            a2[l], x2[l] = sph.V, sph.V
             xx, x12 = sph.V, sph.C
         else:
             c = q12[l] / q[l] if q[l] > 0 else 1.0
-            pm = post_moments(act, B, q[l], c, samples, seed)
+            pm = post_moments(act, B, q[l], c, samples, seed, eps)
             post.append(pm)
             normed[l] = x2[l] = pm.alive
             a2[l] = float(act.V(q[l]))
