@@ -99,8 +99,14 @@ def figure(df: pd.DataFrame, rows: pd.DataFrame):
     """Left: the rate against B per activation (measured ± se markers, theory lines, the linear
     chain dotted). Right: the rate against σ_w² (tanh, pre and post, B = 8, 32) with the
     post-position theory and (B − 2)/(B − 3)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), constrained_layout=True)
     byB = rows[rows["sigma_w2"].isna()]
+    bys = rows[rows["sigma_w2"].notna()]
+    panels = int(len(byB) > 0) + int(len(bys) > 0)
+    fig, axs = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), constrained_layout=True,
+                            squeeze=False)
+    axes = list(axs[0])
+    if len(byB) == 0:
+        axes.insert(0, None)
     for i, (act_name, grp) in enumerate(byB.groupby("act")):
         col = f"C{i % 10}"
         err = np.vstack([grp["rate"] * (1 - np.exp(-grp["log_rate_se"])),
@@ -110,13 +116,15 @@ def figure(df: pd.DataFrame, rows: pd.DataFrame):
         act = activations.get(act_name)
         axes[0].plot(CURVE_B, [batchnorm.explosion_rate(act, b) for b in CURVE_B], "-", lw=0.9,
                      color=col)
-    axes[0].plot(CURVE_B, [batchnorm.linear_rate(b) for b in CURVE_B], ":", color="0.4", lw=0.8,
-                 label="(B−2)/(B−3)")
-    axes[0].axhline(1.0, color="0.7", lw=0.6)
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("batch size B")
-    axes[0].set_ylabel("gradient growth per layer λ (pre-norm)")
-    bys = rows[rows["sigma_w2"].notna()]
+    if len(byB):
+        axes[0].plot(CURVE_B, [batchnorm.linear_rate(b) for b in CURVE_B], ":", color="0.4",
+                     lw=0.8, label="(B−2)/(B−3)")
+        axes[0].axhline(1.0, color="0.7", lw=0.6)
+        axes[0].set_xscale("log")
+        axes[0].minorticks_off()
+        axes[0].set_xticks([4, 8, 16, 32, 64], ["4", "8", "16", "32", "64"])
+        axes[0].set_xlabel("batch size B")
+        axes[0].set_ylabel("gradient growth per layer λ (pre-norm)")
     for i, ((pos, B), grp) in enumerate(bys.groupby(["position", "batch"])):
         col = f"C{(i + 4) % 10}"
         err = np.vstack([grp["rate"] * (1 - np.exp(-grp["log_rate_se"])),
@@ -127,10 +135,13 @@ def figure(df: pd.DataFrame, rows: pd.DataFrame):
         theory = [batchnorm.explosion_rate(act, int(B), s, position=pos) for s in CURVE_S2]
         axes[1].plot(CURVE_S2, theory, "-", lw=0.9, color=col)
         axes[1].axhline(batchnorm.linear_rate(int(B)), ls=":", lw=0.8, color=col)
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("σ_w²  (small: φ sees small inputs, the linear regime)")
-    axes[1].set_ylabel("gradient growth per layer λ (dotted: linear chain)")
+    if len(bys):
+        axes[1].set_xscale("log")
+        axes[1].set_xlabel("σ_w²  (post: small σ_w² is the linear regime)")
+        axes[1].set_ylabel("gradient growth per layer λ (dotted: linear chain)")
     for ax in axes:
+        if ax is None:
+            continue
         ax.grid(alpha=0.3, which="both", lw=0.4)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, frameon=False)
