@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from harness.bench import _naive_one
 from harness.cli import compose_config
 from harness.core import norms
 from harness.core.spec import ConfigError, Spec
@@ -205,3 +206,31 @@ def test_annotations_give_the_norms_reason():
     bn_res = make([*ARCHS["resmlp"], "norm=batchnorm"])
     assert bn_res.architecture.theory_note(bn_res) == "BatchNorm theory: not yet"
     assert spec.architecture.theory_note(spec) == ""
+
+
+@pytest.mark.parametrize("overrides", [("arch=mlp", "norm=batchnorm"),
+                                       ("arch=mlp", "norm=layernorm", "norm.position=post"),
+                                       ("arch=resmlp", "norm=rmsnorm")])
+def test_bench_naive_loop_measures_what_the_runner_does(overrides):
+    """harness.bench's naive loop (torch's modules, hooks) and the batched runner on the same
+    weights, inputs and cotangents: the same statistics."""
+    spec = make([*overrides, "depth=3", "width=6", "batch=5"])
+    weights, biases, x0, cot = sample_chunk(spec, 2, replicate_generators(spec, 0, 2))
+    got = spec.architecture.propagate(spec, weights, biases, x0, cot)
+    for r, net in enumerate(reference.ensemble(spec, weights, biases)):
+        naive = _naive_one(net, spec, x0[r], cot[r])
+        assert set(naive) >= {"forward", "backward", "weight_grad"}
+        for k, v in naive.items():
+            np.testing.assert_allclose(got[k][r].numpy(), v, rtol=1e-9, err_msg=k)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_memory_preflight_counts_the_norm_buffers(arch):
+    """A normalized replicate is budgeted more bytes than the plain one (N's saved outputs), and
+    the normalized path has no low-memory variant (the preflight then refuses, not recomputes)."""
+    plain = make(ARCHS[arch])
+    normed = make([*ARCHS[arch], "norm=layernorm", "norm.position=post"])
+    assert normed.architecture.bytes_per_replicate(normed) > plain.architecture.bytes_per_replicate(plain)
+    assert normed.architecture.recompute_bytes(normed, 1) is None
+    with pytest.raises(ConfigError, match="one replicate of this run needs"):
+        make([*ARCHS[arch], "norm=layernorm", "memory_budget_mb=0.001"])

@@ -74,8 +74,9 @@ from harness.sim.runner import measure
 
 #: the most timings of one configuration (`best_time`'s max_repeat): --repeat is at most this
 MAX_REPEAT = 50
-#: (arch, depth, width, batch, replicates) of the default grid; conv: 3×3, 16×16 images
-DEFAULT_GRID = [
+#: (arch, depth, width, batch, replicates[, extra overrides]) of the default grid; conv: 3×3,
+#: 16×16 images; the normalized rows (norm=…) time the norms' batched path
+DEFAULT_GRID: list[tuple] = [
     ("mlp", 50, 64, 64, 64),
     ("mlp", 20, 64, 128, 64),
     ("mlp", 20, 256, 128, 16),
@@ -87,9 +88,16 @@ DEFAULT_GRID = [
     ("resmlp", 20, 256, 128, 16),
     ("resmlp", 50, 256, 256, 8),
     ("resconv", 10, 16, 32, 8),
+    ("mlp", 20, 256, 128, 16, ("norm=batchnorm",)),
+    ("mlp", 20, 256, 128, 16, ("norm=layernorm",)),
+    ("mlp", 20, 256, 128, 16, ("norm=rmsnorm", "norm.position=post")),
+    ("resmlp", 20, 256, 128, 16, ("norm=batchnorm",)),
+    ("resmlp", 20, 256, 128, 16, ("norm=layernorm", "norm.position=post")),
 ]
-QUICK_GRID = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2),
-              ("resmlp", 5, 32, 16, 4), ("resconv", 2, 4, 4, 2)]
+QUICK_GRID: list[tuple] = [("mlp", 10, 32, 16, 8), ("mlp", 5, 128, 32, 4), ("conv", 3, 8, 4, 2),
+                           ("resmlp", 5, 32, 16, 4), ("resconv", 2, 4, 4, 2),
+                           ("mlp", 5, 32, 16, 4, ("norm=layernorm",)),
+                           ("resmlp", 3, 32, 16, 4, ("norm=batchnorm", "norm.position=post"))]
 #: the whole-run configuration (R=64 networks, depth 50, width 64, batch 64, kaiming + relu) and
 #: a small one for --quick
 WHOLE_RUN = ["depth=50", "width=64", "batch=64", "replicates=64", "act=relu", "scheme=kaiming"]
@@ -198,7 +206,7 @@ def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tens
             rec["forward"][l] = h.detach().square().mean().item()
             if outer:
                 x_sq[l] = inputs[0].detach().square().mean(-1)
-            if l < L - 1:
+            if l < L - 1 and spec.normalization.identity:
                 rec["activation"][l] = spec.activation.phi(h.detach()).square().mean().item()
 
             def bwd(grad):
@@ -212,6 +220,15 @@ def _naive_one(net: nn.Sequential, spec: Spec, x0: torch.Tensor, cot: torch.Tens
 
     linears = reference.layers(net)
     handles = [lin.register_forward_hook(fwd_hook(l)) for l, lin in enumerate(linears)]
+    if not spec.normalization.identity:  # φ acts on N(h) (pre) or N follows it (post)
+        rec["normed"] = [0.0] * (L - 1)
+        phis = [m for m in net if isinstance(m, reference.Phi)]
+        norms_ = [m for m in net if isinstance(m, reference.NORM_MODULES)]
+        def keep(key: str, l: int):
+            return lambda mod, i, o: rec[key].__setitem__(l, o.detach().square().mean().item())
+
+        for key, mods in (("activation", phis), ("normed", norms_)):
+            handles.extend(m.register_forward_hook(keep(key, l)) for l, m in enumerate(mods))
     (net(x0) * cot).sum().backward()
     for h in handles:
         h.remove()
@@ -392,7 +409,7 @@ def bench_config(spec: Spec, probe: LimitProbe, repeat: int, naive: bool = True,
     limits = probe.limits
     return {
         "arch": spec.arch, "depth": spec.depth, "width": spec.width, "batch": spec.batch,
-        "replicates": spec.replicates, "act": spec.act, "scheme": spec.scheme,
+        "replicates": spec.replicates, "norm": norm_label(spec), "act": spec.act, "scheme": spec.scheme,
         "device": spec.device, "dtype": spec.dtype,
         "harness_s": t_harness, "naive_s": t_naive,
         "speedup": t_naive / t_harness, **roofline(flops, rand, t_harness, limits),
@@ -402,6 +419,11 @@ def bench_config(spec: Spec, probe: LimitProbe, repeat: int, naive: bool = True,
     }
 
 
+def norm_label(spec: Spec) -> str:
+    """"none", or the norm and its position ("layernorm/pre")."""
+    return spec.norm if spec.normalization.identity else f"{spec.norm}/{spec.norm_position}"
+
+
 def roofline(flops: float, rand: float, t_harness: float, limits: Limits) -> dict[str, float]:
     """t_roof = FLOPs / peak + random numbers / rate, and the fraction t_roof / t_harness."""
     t_roof = flops / limits.flops + rand / limits.rng
@@ -409,7 +431,7 @@ def roofline(flops: float, rand: float, t_harness: float, limits: Limits) -> dic
 
 
 def format_table(df: pd.DataFrame) -> str:
-    cols = ["arch", "depth", "width", "batch", "replicates", "harness_s", "naive_s", "speedup",
+    cols = ["arch", "norm", "depth", "width", "batch", "replicates", "harness_s", "naive_s", "speedup",
             "roofline_s", "roofline_frac", "peak_mb"]
     return df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}")
 
@@ -563,10 +585,10 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Spec]
         specs = [
             Spec.from_config(compose_config([
                 f"arch={a}", f"depth={d}", f"width={w}", f"batch={b}", f"replicates={r}",
-                *ARCH_KEYS.get(a, []),
+                *ARCH_KEYS.get(a, []), *(extra[0] if extra else ()),
                 f"device={args.device}", f"dtype={args.dtype}", "act=relu", "scheme=kaiming",
             ]))
-            for a, d, w, b, r in grid
+            for a, d, w, b, r, *extra in grid
         ]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -589,8 +611,9 @@ def main(argv: list[str] | None = None) -> None:
             r = bench_config(spec, probe, args.repeat, naive=not args.no_naive,
                              min_time=args.min_time)
             rows.append(r)
-            print(f"  depth {r['depth']:>3} width {r['width']:>4} batch {r['batch']:>3} replicates "
-                  f"{r['replicates']:>2}: harness {r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
+            print(f"  {r['arch']:>7} {r['norm']:>14} depth {r['depth']:>3} width {r['width']:>4} "
+                  f"batch {r['batch']:>3} replicates {r['replicates']:>2}: harness "
+                  f"{r['harness_s']:.3f} s, naive {r['naive_s']:.3f} s, "
                   f"speedup {r['speedup']:.1f}x, roofline {r['roofline_frac']:.0%} (matmul "
                   f"{r['peak_flops'] / 1e9:.0f} GFLOP/s, RNG {r['rng_rate'] / 1e6:.0f} M/s)",
                   flush=True)
