@@ -61,7 +61,8 @@ def execute(
     arch = spec.architecture
     out = Path(out_dir)
     say = print if echo else (lambda *a, **k: None)
-    say(f"harness: {spec.arch} depth {spec.depth}, widths {_widths(spec)}{arch.describe(spec)}, "
+    norm = spec.normalization.describe(spec.norm_position, spec.norm_eps)  # "" for norm=none
+    say(f"harness: {spec.arch} depth {spec.depth}, widths {_widths(spec)}{arch.describe(spec)}{norm}, "
         f"{spec.replicates} replicates × {spec.batch} inputs on {spec.device} ({spec.dtype})")
     say(f"scheme {spec.scheme}, mode {spec.mode}: {spec.gain_source}; act {spec.activation.describe()}")
 

@@ -503,7 +503,7 @@ def test_report_of_nothing_readable_is_one_line(folders):
     (["act.negative_slope=nan", "scheme.sigma_w2=0"],
      "unknown config key 'act.negative_slope'; keys under act: name"),
     (["scheme.sigma_w2=0", "act.negative_slope=nan"], "unknown config key 'scheme.sigma_w2'"),
-    (["foo.bar=1", "baz=2", "qux.x=3"], "unknown config key 'foo'; keys: scheme, act, arch"),
+    (["foo.bar=1", "baz=2", "qux.x=3"], "unknown config key 'foo'; keys: scheme, act, norm, arch"),
     (["seed=99999999999999999999"], "seed must be an integer ≥ 0 and < 2^63; got 99999999999999999999"),
     (["seed=9223372036854775808"], "seed must be an integer ≥ 0 and < 2^63"),
     # found by the Spec fuzz: depth 2^32 − 1 built a tuple of 2^32 widths (MemoryError)
@@ -515,7 +515,7 @@ def test_report_of_nothing_readable_is_one_line(folders):
     (["act=leaky_relu", "act.negative_slope=1e300"], "|act.negative_slope| < 2^32"),
     (["scheme=kaiming", "scheme.a=1e200"], "|scheme.a| < 2^32"),
     (["+extra_key=1"], "unknown config key 'extra_key': the harness would ignore it; the keys it reads: "
-                       "scheme, act, arch"),
+                       "scheme, act, norm, arch"),
     (["++extra_key=1", "depth=3"], "unknown config key 'extra_key'"),
     (["depth=1,2"], "'depth=1,2' sweeps depth over several values: add --multirun"),
     (["depth=${nope}"], "Interpolation key 'nope' not found"),

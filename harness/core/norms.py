@@ -431,6 +431,10 @@ class Norm:
                               f"when training); got batch={batch}")
         return str(position)
 
+    def describe(self, position: str | None, eps: float | None) -> str:
+        """What the console's first line adds: "" for none, else ", layernorm (pre, ε=1e-05)"."""
+        return "" if self.identity else f", {self.name} ({position}, ε={eps:.3g})"
+
     def why_not(self, capability: str) -> str:
         """"" if the capability is defined with this norm, else the one-line reason."""
         return self.unsupported.get(capability, "")

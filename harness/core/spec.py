@@ -281,7 +281,6 @@ class Spec:
         budget = _float(cfg, "memory_budget_mb", minimum=0.0, default=2048.0, strict=True, maximum=2.0**43)
         own = arch.config(cfg)  # the architecture's own keys, validated by its entry
         norm = norms.from_config(cfg, batch, DTYPES[dtype])  # the norm group, by its entry
-        _norm_capabilities(norm["norm"], arch, scheme_name, cfg)
         _unused_groups(cfg, arch)
         if inits.scheme(scheme_name).calibrates_on_data and LSUV not in arch.capabilities:
             raise ConfigError(f"scheme lsuv calibrates {archs.labels(LSUV)} only; for "
@@ -291,6 +290,7 @@ class Spec:
                               f"arch={arch.name} leave it at 0 (got {input_corr!r})")
         _ask(inits.scheme(scheme_name).check_widths, widths)  # delta_orthogonal: C_in ≤ C_out
         jacobian = _jacobian(cfg, arch, batch)
+        _norm_capabilities(norm["norm"], arch, scheme_name, cfg, jacobian)
 
         spec = cls(
             arch=arch.name,
@@ -339,7 +339,7 @@ def _jacobian(cfg: Mapping[str, Any], arch: archs.Architecture, batch: int) -> i
 
 
 def _norm_capabilities(name: str, arch: archs.Architecture, scheme_name: str,
-                       cfg: Mapping[str, Any]) -> None:
+                       cfg: Mapping[str, Any], jacobian: int) -> None:
     """Requests a norm leaves undefined (jacobian=k, scheme=lsuv) and norms the architecture
     cannot hold are one-line errors."""
     entry = norms.get(name)
@@ -348,7 +348,7 @@ def _norm_capabilities(name: str, arch: archs.Architecture, scheme_name: str,
     why = arch.norm_limits(cfg)
     if why:
         raise ConfigError(f"norm={name} with arch={arch.name}: {why}")
-    if cfg.get("jacobian", 0) and entry.why_not(JACOBIAN):
+    if jacobian and entry.why_not(JACOBIAN):
         raise ConfigError(f"jacobian=k is not defined with norm={name} ({entry.why_not(JACOBIAN)}); "
                           f"leave it at 0 or choose norm=none")
     if inits.scheme(scheme_name).calibrates_on_data and entry.why_not(LSUV):

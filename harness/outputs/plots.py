@@ -72,6 +72,9 @@ def title_of(df: pd.DataFrame) -> str:
     act = row["act"] + (f"({row['act_params']})" if row.get("act_params") else "")
     conv = archs.get(row["arch"]).title(row)  # e.g. conv's kernel, image and padding
     gain = "n/a" if pd.isna(row["gain"]) else f"{row['gain']:.3g}"
+    norm = row.get("norm")  # a normalization layer (older frames: no column)
+    if isinstance(norm, str) and norm != "none":
+        conv += f" · {norm} ({row['norm_position']})"
     return (
         f"{row['arch']} · {row['scheme']} (gain {gain}, {row['mode']}) · {act} · "
         f"depth {row['depth']} · width {width}{conv} · {row['replicates']} replicates × "
