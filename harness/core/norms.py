@@ -54,6 +54,7 @@ import torch
 from harness.core.activations import Activation
 from harness.core.quadrature import gaussian_expectation
 from harness.core.validate import ConfigError, is_number
+from harness.theory import batchnorm as bn_theory
 
 #: the config group (norm=NAME, norm.position, norm.eps); Spec fields norm, norm_position, norm_eps
 GROUP = "norm"
@@ -105,16 +106,21 @@ def _lengths(stack: Stack) -> dict[str, int]:
 
 
 def batchnorm_theory(stack: Stack) -> Theory:
-    """BatchNorm's mean-field theory: not yet here (NaN per quantity, and the reason), except
+    """BatchNorm's mean-field theory. mlp: the finite-batch Gram recursion of
+    `harness.theory.batchnorm.predict` (forward, correlation, normed, activation, backward,
+    weight_grad; ε kept in normed). resmlp: not yet (NaN per quantity, and the reason), except
     the pre-norm residual stream, whose branch sees a unit-variance normalized input at infinite
     width whatever the batch statistics: q^l = q^{l−1} + α_l² B(1) (`residual_pre_forward`).
 
-    The one place to wire the finite-batch theory in (harness/theory/batchnorm.py): it gets the
-    stack's plain numbers (`Stack`: kind "mlp" | "resmlp", act, sigma_w2 / rho2 per weight layer,
-    sigma_b2, q0, c0, batch B, depth, position, eps, widths, alphas, m, ws) and returns
-    quantity -> array of the lengths `_lengths` gives (mlp: forward, backward, weight_grad,
-    correlation L; activation, normed L−1; resmlp: forward, branch, normed, backward,
-    correlation L; weight_grad L·m) and "" (or the reason for what stays NaN)."""
+    The hook gets the stack's plain numbers (`Stack`: kind "mlp" | "resmlp", act, sigma_w2 /
+    rho2 per weight layer, sigma_b2, q0, c0, batch B, depth, position, eps, widths, alphas, m,
+    ws) and returns quantity -> array of the lengths `_lengths` gives (mlp: forward, backward,
+    weight_grad, correlation L; activation, normed L−1; resmlp: forward, branch, normed,
+    backward, correlation L; weight_grad L·m) and "" (or the reason for what stays NaN)."""
+    if stack.kind == "mlp":
+        return bn_theory.predict(stack.act, stack.depth, stack.batch, stack.sigma_w2, stack.sigma_b2,
+                                 stack.q0, stack.c0, stack.position, stack.rho2, stack.ws,
+                                 stack.eps), ""
     out = {k: np.full(n, np.nan) for k, n in _lengths(stack).items()}
     if stack.kind == "resmlp" and stack.position == "pre":
         out.update(residual_pre_forward(stack, stack.eps))

@@ -35,7 +35,7 @@ from harness.cli import ArgumentParser
 from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
 from harness.outputs.results import METADATA, atomic_write_bytes, layer_matrix, load
-from harness.papers import de_smith2020, isometry, nlo, order_chaos, residual, xiong2020
+from harness.papers import de_smith2020, isometry, nlo, order_chaos, residual, xiong2020, yang2019
 from harness.theory import finite_width, hanin
 
 
@@ -358,6 +358,22 @@ EXPERIMENTS: dict[str, Callable[[pd.DataFrame], tuple[Any, dict[str, Any]]]] = {
     "nlo": nlo_2022,
 }
 EXPERIMENTS.update({"de_smith2020": de_smith_2020, "xiong2020": xiong_2020})
+
+
+def yang_2019(df: pd.DataFrame):
+    """Yang et al. 2019: a batch-normalized MLP's gradient growth per layer, measured against
+    the finite-batch mean-field rate, over B and the activation (experiment yang2019) or σ_w²
+    and the norm's position (yang2019_sigma)."""
+    rows = yang2019.table(df)
+    numbers = _records(rows)
+    for row in numbers.values():
+        row["summary"] = (f"gradient growth {row['rate']:.4g} per layer (± {row['log_rate_se']:.2g} "
+                          f"in ln; log-normal corrected {row['rate_lognormal']:.4g}), theory "
+                          f"{row['theory_rate']:.4g}, linear chain {row['linear_rate']:.4g}")
+    return yang2019.figure(df, rows), numbers
+
+
+EXPERIMENTS["yang2019"] = yang_2019
 
 
 def main(argv: list[str] | None = None) -> Path:
