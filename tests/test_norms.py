@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import harness
 from harness.bench import _naive_one
 from harness.cli import compose_config
 from harness.core import norms
@@ -234,3 +235,15 @@ def test_memory_preflight_counts_the_norm_buffers(arch):
     assert normed.architecture.recompute_bytes(normed, 1) is None
     with pytest.raises(ConfigError, match="one replicate of this run needs"):
         make([*ARCHS[arch], "norm=layernorm", "memory_budget_mb=0.001"])
+
+
+@pytest.mark.parametrize("position", ["pre", "post"])
+def test_conv_with_batchnorm_runs_and_says_why_its_theory_is_missing(position):
+    """BatchNorm has no position-resolved theory: a conv run measures every quantity (activation
+    and normed at L−1 layers, like the other norms) with NaN theory and a one-line reason."""
+    r = harness.run(*ARCHS["conv"], "norm=batchnorm", f"norm.position={position}")
+    f = r.frame
+    assert f["value"].notna().all() and f["theory"].isna().all()
+    assert (f.groupby("quantity")["layer"].max()[["activation", "normed"]] == r.spec.depth - 1).all()
+    note = r.spec.architecture.theory_note(r.spec)
+    assert "norm=batchnorm" in note and "conv" in note

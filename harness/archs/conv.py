@@ -437,8 +437,8 @@ def position_maps_norm(spec: Spec) -> dict[str, np.ndarray]:
     L, S, mode = spec.depth, spec.spatial, spec.padding_mode
     stage = spec.normalization.position_stage
     if stage is None:
-        nan = np.full((L, *S), np.nan)
-        return {"forward": nan, "x2": nan.copy(), "a2": nan.copy(), "normed": nan.copy(),
+        nan, inner = np.full((L, *S), np.nan), np.full((L - 1, *S), np.nan)  # a2, normed: L−1
+        return {"forward": nan, "x2": nan.copy(), "a2": inner, "normed": inner.copy(),
                 "backward": nan.copy(), "weight_grad": np.full(L, np.nan)}
     taps = spec.tap_variances()
     C = spec.widths
@@ -606,7 +606,8 @@ class Conv(Architecture):
         """The norm entry's reason where its theory is missing ("" otherwise)."""
         if spec.normalization.identity or spec.normalization.position_stage is not None:
             return ""
-        return norm_theory(spec, "mlp")[1]
+        return (norm_theory(spec, "mlp")[1] or f"norm={spec.norm} theory for conv stacks: not yet "
+                "(its statistics pool over the batch and the positions; no position-resolved theory)")
 
     def layer(
         self, spec: Spec, n_in: int, n_out: int, *, bias: bool, device: str | torch.device,
