@@ -39,7 +39,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from harness import cli
-from harness.archs.base import POSITIONS as POSITION_MAPS  # the capability
+from harness.core.capabilities import POSITIONS as POSITION_MAPS  # the capability
 from harness.core.spec import ConfigError, Spec
 from harness.outputs import compare, summary
 from harness.outputs.results import (

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from harness import archs
-from harness.archs.base import CAPABILITIES, JACOBIAN, Architecture
+from harness.archs.base import Architecture
 from harness.cli import compose_config
+from harness.core.capabilities import CAPABILITIES, JACOBIAN
 from harness.core.spec import ConfigError, Spec
 from harness.run import execute
 from harness.sim import reference

@@ -102,7 +102,15 @@ def test_low_memory_bytes_grow_like_the_square_root_of_depth():
 
 def test_no_low_memory_path_says_why():
     with pytest.raises(ConfigError, match="no low-memory path: jacobian"):
-        small_spec("depth=400", "width=128", "batch=8", "jacobian=2", "memory_budget_mb=1")
+        memory.preflight(small_spec("depth=400", "width=128", "batch=8", "jacobian=2",
+                                    "memory_budget_mb=1"))
+
+
+def test_measure_refuses_a_run_that_does_not_fit_before_any_work():
+    """The Python API's path (harness.run's CLI checks in its validation, before Hydra writes)."""
+    spec = small_spec(*HUGE)  # a valid config: the memory check is the run's, not the Spec's
+    with pytest.raises(ConfigError, match="one replicate of this run needs"):
+        measure(spec)
 
 
 def test_progress_bar_shows_layers_per_second_and_eta():
@@ -158,9 +166,9 @@ def test_conv_checkpointed_regenerated_path_equals_stored_path_bitwise(case, seg
 
 def test_a_results_frame_too_large_for_the_machine_is_refused_before_measuring():
     """The frame is ~512 bytes a row (results.frame_bytes): depth 10,000 × 16 replicates × 5
-    quantities is ~0.4 GiB, refused only on a machine with less available; Spec.from_config (and
-    measure) are not refused: the frame is the outputs' (harness.outputs.results.check_frame,
-    called by the CLI precheck and api.compute)."""
+    quantities is ~0.4 GiB, refused only on a machine with less available; Spec.from_config and
+    the memory preflight (one replicate) do not refuse it: the frame is the outputs'
+    (harness.outputs.results.check_frame, called by the CLI precheck and api.compute)."""
     spec = small_spec("depth=10000", "width=256", "batch=64", "replicates=16")
     need = results.frame_bytes(spec)
     results.check_frame(spec, available=need + 1)

@@ -14,7 +14,7 @@ from harness.bench import _naive_one
 from harness.cli import compose_config
 from harness.core import norms
 from harness.core.spec import ConfigError, Spec
-from harness.sim import reference
+from harness.sim import memory, reference
 from harness.sim.runner import replicate_generators, sample_chunk
 
 NORMS = ("batchnorm", "layernorm", "rmsnorm")
@@ -234,7 +234,7 @@ def test_memory_preflight_counts_the_norm_buffers(arch):
     assert normed.architecture.bytes_per_replicate(normed) > plain.architecture.bytes_per_replicate(plain)
     assert normed.architecture.recompute_bytes(normed, 1) is None
     with pytest.raises(ConfigError, match="one replicate of this run needs"):
-        make([*ARCHS[arch], "norm=layernorm", "memory_budget_mb=0.001"])
+        memory.preflight(make([*ARCHS[arch], "norm=layernorm", "memory_budget_mb=0.001"]))
 
 
 @pytest.mark.parametrize("position", ["pre", "post"])

@@ -51,8 +51,9 @@ from __future__ import annotations
 from typing import Any
 
 from harness.archs import conv, mlp, resconv, resmlp
-from harness.archs.base import CAPABILITIES, Architecture
+from harness.archs.base import Architecture
 from harness.core import norms
+from harness.core.capabilities import CAPABILITIES
 from harness.core.validate import ConfigError
 
 #: arch name -> entry, in the order the CLI lists them

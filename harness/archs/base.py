@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.core.capabilities import JACOBIAN, LSUV, POSITIONS
 from harness.sim.lsuv import Calibration
 from harness.sim.workspace import Workspace
 
@@ -32,23 +33,6 @@ Tick = Callable[[], object]
 #: hands them back as Measurement.positions, (R, L, *spatial)
 POSITION = "position:"
 
-# ---- capabilities -------------------------------------------------------------------------------
-#: jacobian=k > 0: the exact input-output Jacobian at k inputs per network (a request;
-#: the entry implements `jacobian`)
-JACOBIAN = "jacobian"
-#: scheme=lsuv: weights calibrated on data before the measurement (a request; `calibrate`)
-LSUV = "lsuv"
-#: input_corr > 0: correlated inputs (a request)
-INPUT_CORR = "input_corr"
-#: fixed points, χ_1 and depth scales of the mean-field maps (an output annotation)
-CRITICALITY = "criticality"
-#: Hanin & Nica's finite-width band around the forward moment (an output annotation)
-FINITE_WIDTH_BAND = "finite_width_band"
-#: position-resolved statistics and theory: positions.parquet (`position_maps`)
-POSITIONS = "positions"
-#: ws=true: scaled weight standardization, with its theory (a request)
-WS = "ws"
-CAPABILITIES = (JACOBIAN, LSUV, INPUT_CORR, CRITICALITY, FINITE_WIDTH_BAND, POSITIONS, WS)
 
 
 class Architecture(ABC):

@@ -66,10 +66,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.archs.base import CRITICALITY, POSITION, POSITIONS, Architecture, Tick
+from harness.archs.base import POSITION, Architecture, Tick
 from harness.archs.mlp import norm_theory
 from harness.core import norms, validate
 from harness.core.activations import Activation
+from harness.core.capabilities import CRITICALITY, POSITIONS
 from harness.core.validate import ConfigError
 from harness.sim import regen
 from harness.sim.workspace import Workspace

@@ -30,18 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.archs.base import (
-    CRITICALITY,
-    FINITE_WIDTH_BAND,
-    INPUT_CORR,
-    JACOBIAN,
-    LSUV,
-    WS,
-    Architecture,
-    Tick,
-)
+from harness.archs.base import Architecture, Tick
 from harness.core import norms
 from harness.core.activations import Activation
+from harness.core.capabilities import CRITICALITY, FINITE_WIDTH_BAND, INPUT_CORR, JACOBIAN, LSUV, WS
 from harness.sim import dense, jacobian, lsuv, regen
 from harness.sim.workspace import Workspace
 from harness.theory import meanfield

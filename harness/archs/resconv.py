@@ -40,9 +40,10 @@ import torch
 from torch import nn
 
 from harness.archs import conv, mlp, resmlp
-from harness.archs.base import POSITION, POSITIONS, WS, Architecture, Tick
+from harness.archs.base import POSITION, Architecture, Tick
 from harness.core import norms, schemes
 from harness.core.activations import Activation
+from harness.core.capabilities import POSITIONS, WS
 from harness.core.validate import ConfigError
 from harness.sim.workspace import Workspace
 from harness.theory.meanfield import mean_phi

@@ -61,10 +61,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.archs.base import CRITICALITY, FINITE_WIDTH_BAND, INPUT_CORR, JACOBIAN, WS, Architecture, Tick
+from harness.archs.base import Architecture, Tick
 from harness.archs.mlp import _mean_sq_rows, mean_cosine, norm_theory
 from harness.core import norms, schemes, validate
 from harness.core.activations import Activation
+from harness.core.capabilities import CRITICALITY, FINITE_WIDTH_BAND, INPUT_CORR, JACOBIAN, WS
 from harness.core.quadrature import gaussian_expectation
 from harness.core.validate import ConfigError
 from harness.sim import dense, jacobian

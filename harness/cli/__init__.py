@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from harness.cli import experiments, launchers
 from harness.core.spec import ConfigError, Spec
 from harness.outputs import results
+from harness.sim import memory
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 LAUNCHER = "launcher"  #: the config group choosing the --multirun launcher (conf/launcher/)
@@ -137,7 +138,9 @@ def check_overrides(overrides: Sequence[str], *, multirun: bool) -> DictConfig:
         raise ConfigError(_one_line(str(e))) from None
     wants_plot(cfg.get("plot", "auto"), multirun=multirun)
     if not multirun:
-        results.check_frame(Spec.from_config(cfg))  # and its results fit the machine's memory
+        spec = Spec.from_config(cfg)
+        memory.preflight(spec)  # one replicate fits the budget and the device
+        results.check_frame(spec)  # and its results fit the machine's memory
     return cfg
 
 

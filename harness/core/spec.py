@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from harness import archs
-from harness.archs.base import INPUT_CORR, JACOBIAN, LSUV, WS
 from harness.core import activations, norms
 from harness.core import init as inits
+from harness.core.capabilities import INPUT_CORR, JACOBIAN, LSUV, WS
 from harness.core.validate import DEPTH_MAX, INT_MAX, SCALE_MAX, ConfigError
 from harness.core.validate import check_number as _check_number
 from harness.core.validate import choice as _choice
@@ -25,7 +25,6 @@ from harness.core.validate import integer as _int
 from harness.core.validate import is_int as _is_int
 from harness.core.validate import is_number as _is_number
 from harness.core.validate import number as _float
-from harness.sim import memory
 
 __all__ = ["ALL_QUANTITIES", "DEVICES", "DTYPES", "ConfigError", "Spec"]
 
@@ -321,7 +320,6 @@ class Spec:
             **norm,
         )
         _ask(inits.scheme(scheme_name).check_branches, arch.branch_depth(spec))  # fixup: m ≥ 2
-        memory.preflight(spec)  # one replicate must fit the budget and the device: else one line
         return spec
 
 

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from harness import archs
-from harness.archs.base import FINITE_WIDTH_BAND
 from harness.cli import ArgumentParser
+from harness.core.capabilities import FINITE_WIDTH_BAND
 from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
 from harness.outputs.results import METADATA, atomic_write_bytes, layer_matrix, load

@@ -8,7 +8,8 @@ layers and recomputed in between), the run takes it, with the k that minimizes i
 replicate; the numbers are the same (bitwise on the CPU). Chunks then hold as many replicates as
 the budget allows.
 
-`preflight` (called by `Spec.from_config`, so before anything is written) stops a run whose ONE
+`preflight` (called by the CLI's validation before anything is written, and by
+`harness.sim.runner.measure` before any work) stops a run whose ONE
 replicate does not fit the budget or the device's available memory, with a one-line
 `ConfigError`: how much it needs, how much is available, which keys reduce it. (The results
 frame's size is the outputs' check: `harness.outputs.results.check_frame`.)
@@ -26,7 +27,7 @@ from harness.core.resources import available_bytes, size
 from harness.core.validate import ConfigError
 from harness.sim import regen
 
-if TYPE_CHECKING:  # type hints only: Spec calls preflight
+if TYPE_CHECKING:  # type hints only
     from harness.core.spec import Spec
 
 @dataclass(frozen=True)

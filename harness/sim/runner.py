@@ -172,7 +172,7 @@ def measure(spec: Spec, progress: bool = True, chunks_dir: Path | None = None) -
     instead of computed (`harness.sim.chunks`: a killed run resumes); schemes that calibrate on
     data (lsuv) keep their calibration in memory only, so they do not stream."""
     start = time.perf_counter()
-    plan = memory.plan(spec)
+    plan = memory.preflight(spec)  # one replicate must fit the budget and the device: else one line
     size = plan.chunk
     n_chunks = math.ceil(spec.replicates / size)
     parts: list[dict[str, torch.Tensor]] = []

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from harness import archs
-from harness.archs.base import CRITICALITY
 from harness.core.activations import Activation
+from harness.core.capabilities import CRITICALITY
 from harness.core.init import fans, scheme
 from harness.core.spec import Spec
 

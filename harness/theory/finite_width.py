@@ -62,9 +62,9 @@ from statistics import NormalDist
 import numpy as np
 
 from harness import archs
-from harness.archs.base import FINITE_WIDTH_BAND
 from harness.core import init as inits
 from harness.core.activations import get as get_activation
+from harness.core.capabilities import FINITE_WIDTH_BAND
 from harness.core.spec import Spec
 
 LEVEL = 0.95

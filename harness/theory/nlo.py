@@ -58,9 +58,9 @@ import torch
 from scipy import stats
 
 from harness import archs
-from harness.archs.base import FINITE_WIDTH_BAND
 from harness.core import init as inits
 from harness.core.activations import Activation
+from harness.core.capabilities import FINITE_WIDTH_BAND
 from harness.core.quadrature import gaussian_expectation_2d, gaussian_rule
 from harness.core.spec import Spec
 
