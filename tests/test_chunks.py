@@ -103,3 +103,17 @@ def test_chunks_keep_the_run_dtype_and_the_low_memory_path_streams_too(tmp_path)
     assert str(c.stats["forward"].dtype) == "torch.float32"
     np.testing.assert_array_equal(c.stats["forward"].double().numpy(),
                                   m.values["forward"][: m.chunk_size])
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_chunk_with_an_empty_statistic_round_trips(tmp_path, monkeypatch, depth):
+    """depth=1 has no hidden layer, so `activation` is (r, 0): its chunk stores the shape only
+    (a CLI run at depth 1 raised ArrowInvalid before), and the rerun reads back the same arrays."""
+    spec = small_spec(f"depth={depth}", "width=8", "batch=3", "replicates=2")
+    first = measure(spec, progress=False, chunks_dir=tmp_path)
+    assert chunks.stored(tmp_path)
+    monkeypatch.setattr(mlp.ARCH, "propagate", None)  # the rerun must not compute
+    again = measure(spec, progress=False, chunks_dir=tmp_path)
+    assert set(again.values) == set(first.values)
+    for k, v in first.values.items():
+        np.testing.assert_array_equal(np.asarray(again.values[k]), np.asarray(v), err_msg=k)

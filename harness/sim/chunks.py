@@ -60,8 +60,9 @@ def _spec_json(spec: Spec) -> Any:
 
 
 def _column(a: np.ndarray) -> pa.Array:
-    """(r, *shape) -> r rows of fixed-size lists of prod(shape) values."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), max(1, math.prod(a.shape[1:])))
+    """(r, *shape) -> r rows of fixed-size lists of prod(shape) ≥ 1 values (an empty statistic,
+    e.g. `activation` at depth 1, has no column: its shape in the metadata restores it)."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), math.prod(a.shape[1:]))
 
 
 def save(directory: Path, spec: Spec, start: int, chunk: Chunk) -> None:
@@ -72,7 +73,7 @@ def save(directory: Path, spec: Spec, start: int, chunk: Chunk) -> None:
     r = len(next(iter(arrays.values())))
     meta = {"spec": _spec_json(spec), "start": start, "replicates": r,
             "shapes": {k: list(a.shape[1:]) for k, a in arrays.items()}}
-    table = pa.table({k: _column(a) for k, a in arrays.items()})
+    table = pa.table({k: _column(a) for k, a in arrays.items() if a.size})
     table = table.replace_schema_metadata({b"harness": json.dumps(meta).encode()})
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(chunk_path(directory, start, r), parquet_bytes(table))
@@ -89,7 +90,9 @@ def load(directory: Path, spec: Spec, start: int, r: int) -> Chunk | None:
         meta = json.loads((table.schema.metadata or {})[b"harness"])
         if meta["spec"] != _spec_json(spec) or (meta["start"], meta["replicates"]) != (start, r):
             return None
+        dtypes = {k: table.schema.field(k).type.value_type.to_pandas_dtype() for k in table.column_names}
         arrays = {k: np.asarray(table.column(k).combine_chunks().flatten()).reshape(r, *shape)
+                  if math.prod(shape) else np.zeros((r, *shape), dtypes.get(k, np.float64))
                   for k, shape in meta["shapes"].items()}
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError):
         return None
