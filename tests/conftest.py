@@ -4,6 +4,7 @@ points."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import io
 import logging
@@ -70,6 +71,7 @@ def restored_process_state():
         for n in set(plt.get_fignums()) - figures:
             plt.close(n)
         sweep.last_summary, sweep.current = summary, current
+        gc.unfreeze()  # run as __main__, harness.run freezes the process's objects (a CLI's)
 
 
 def run_module(module: str, *args: str, cwd: Path) -> CliResult:

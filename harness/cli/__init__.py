@@ -191,10 +191,23 @@ def _experiment_keys(name: str) -> tuple[str, ...]:
     return tuple(map(str, OmegaConf.load(path).keys())) if path.is_file() else ()
 
 
+@functools.cache
+def primary_keys() -> frozenset[str]:
+    """The top-level keys conf/config.yaml sets itself and the packages of its default groups
+    (scheme, act, norm): a subset of `known_keys` read from one file, without composing."""
+    primary = OmegaConf.load(CONF_DIR / "config.yaml")
+    groups_ = {k for d in primary.get("defaults", []) if isinstance(d, DictConfig)
+               for k, v in d.items() if v is not None and not str(k).startswith(("_", "hydra/"))}
+    return frozenset(str(k) for k in primary if k not in ("defaults", "hydra")) | groups_
+
+
 def _check_keys(cfg: DictConfig, experiment: str | None) -> None:
     """A key added with + that the harness does not read is refused (it would be ignored
     silently); the chosen experiment's own keys are known. Under scheme. and act. the registry
-    entries refuse unknown keys."""
+    entries refuse unknown keys. A config whose keys are all `primary_keys` passes without
+    composing the default config (one Hydra composition less per command line)."""
+    if set(map(str, cfg.keys())) <= primary_keys():
+        return
     known = known_keys() + (_experiment_keys(experiment) if experiment else ())
     unknown = [str(k) for k in cfg.keys() if k not in known]
     if unknown:

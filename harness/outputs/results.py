@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from harness import archs
 from harness.core import norms, resources
@@ -353,6 +352,8 @@ def load(path: str | os.PathLike[str]) -> pd.DataFrame:
     files = metrics_files(path)
     if not files:
         raise FileNotFoundError(f"no {METRICS} under {path}")
+    import pyarrow.dataset as ds  # here, not at import: a run that writes never loads
+
     tables, unreadable = [], []
     for f in files:
         try:

@@ -97,7 +97,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import integrate, stats
 
 from harness.core import activations
 from harness.core.activations import Activation
@@ -222,6 +221,8 @@ def normed_eps(batch: int, a: float) -> float:
     quadrature (split at ρ² = 100aB)."""
     if a <= 0:
         return 1.0
+    from scipy import integrate, stats  # scipy (~0.5 s to import) only where a norm needs it
+
     k, t = batch - 1, a * batch
     f = lambda x: stats.chi2.pdf(x, k) * t / (x + t)  # noqa: E731
     cut = 100 * t

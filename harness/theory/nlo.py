@@ -55,7 +55,6 @@ from functools import cache
 
 import numpy as np
 import torch
-from scipy import stats
 
 from harness import archs
 from harness.core import init as inits
@@ -80,6 +79,8 @@ def weight_kurtosis(distribution: str) -> float | None:
     if distribution == "uniform":
         return -1.2
     if distribution == "truncated_normal":
+        from scipy import stats  # scipy (~0.5 s to import) only for this scheme
+
         return float(stats.truncnorm(-2.0, 2.0).stats(moments="k"))
     return None
 
