@@ -80,8 +80,7 @@ def to_frame(
                 }
             )
         )
-    df = pd.concat(parts, ignore_index=True)
-    cols = _with_config(df, spec)
+    df, cols = _with_config(pd.concat(parts, ignore_index=True), spec)
     df["quantity"] = df["quantity"].astype("string")
     extra_cols = [c for c in df.columns if c not in (*cols, "layer", "replicate", "quantity", "value",
                                                      "theory", *THEORY_EXTRA)]
@@ -153,19 +152,25 @@ def check_frame(spec: Spec, available: int | None = None) -> None:
         )
 
 
-def _with_config(df: pd.DataFrame, spec: Spec) -> list[str]:
-    """Add the run's config columns to df (in place, nullable dtypes); returns their names."""
+def _with_config(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, list[str]]:
+    """df with the run's config columns in front (nullable dtypes), and their names.
+
+    Each column is built for one row and then repeated to df's length (`take` of row 0): the
+    values and dtypes of building it for every row (a string column would otherwise hold a
+    Python object per row on its way to Arrow; measured ~5x faster at 9,600 rows)."""
     cols = spec.columns()
+    one: dict[str, pd.Series | pd.Categorical] = {}
     for k, v in cols.items():
         if k in DICTIONARY_COLUMNS:  # one category, every row's code 0: no per-row string copies
-            codes = np.zeros(len(df), np.int32)
-            df[k] = pd.Categorical.from_codes(codes, categories=pd.Index([v]))
+            one[k] = pd.Categorical.from_codes(np.zeros(1, np.int32), categories=pd.Index([v]))
             continue
-        # a scalar broadcasts (the same dtype as the list, ~10x faster); None without a nullable
-        # dtype (object, not float) and a tuple go through a list
-        data = [v] * len(df) if v is None or not pd.api.types.is_scalar(v) else v
-        df[k] = pd.Series(data, index=df.index, dtype=NULLABLE.get(k))
-    return list(cols)
+        # a scalar broadcasts (the dtype of a one-element list); None without a nullable dtype
+        # (object, not float) and a tuple go through a list
+        data = [v] if v is None or not pd.api.types.is_scalar(v) else v
+        one[k] = pd.Series(data, index=pd.RangeIndex(1), dtype=NULLABLE.get(k))
+    config = pd.DataFrame(one, index=pd.RangeIndex(1)).take(np.zeros(len(df), np.intp))
+    config.index = df.index
+    return pd.concat([config, df], axis=1), list(cols)
 
 
 def positions_frame(
@@ -198,8 +203,7 @@ def positions_frame(
                 }
             )
         )
-    df = pd.concat(parts, ignore_index=True)
-    cols = _with_config(df, spec)
+    df, cols = _with_config(pd.concat(parts, ignore_index=True), spec)
     df["quantity"] = df["quantity"].astype("string")
     return df[[*cols, "layer", *names, "quantity", "value", "sem", "theory"]]
 
@@ -215,7 +219,7 @@ def spectrum_frame(spec: Spec, eigenvalues: np.ndarray) -> pd.DataFrame:
         "index": np.tile(np.arange(n), R * k),
         "value": np.asarray(eigenvalues, dtype=np.float64).ravel(),
     })
-    cols = _with_config(df, spec)
+    df, cols = _with_config(df, spec)
     return df[[*cols, "replicate", "input", "index", "value"]]
 
 
