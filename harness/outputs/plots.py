@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import LogFormatterSciNotation  # noqa: E402
+from matplotlib.ticker import Locator, LogFormatterSciNotation  # noqa: E402
 
 from harness import archs  # noqa: E402
 from harness.outputs.results import landmarks, layer_summary  # noqa: E402  (used here; re-exported)
@@ -59,9 +59,47 @@ class LogTicks(LogFormatterSciNotation):
         return text.replace("-", "−") if text.startswith("-") else text
 
 
+class InView(Locator):
+    """Another locator's ticks less those outside the axis's view (by more than 0.1% of it).
+
+    matplotlib makes a `Tick` (three lines and two texts) for every location its locator
+    returns and then draws only those inside the view; a log axis's locators return whole
+    decades, up to a third of them outside. Dropping those first draws the same ticks and
+    makes fewer (on the default run's two log axes, 83 → 58 per figure)."""
+
+    def __init__(self, locator: Locator):
+        self.locator = locator
+
+    def set_axis(self, axis) -> None:
+        self.axis = axis
+        self.locator.set_axis(axis)
+
+    def __call__(self) -> np.ndarray:
+        locs = np.asarray(self.locator(), dtype=float)
+        lo, hi = sorted(self.axis.get_view_interval())
+        transform = self.axis.get_transform()
+        a, b = transform.transform([lo, hi])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = transform.transform(locs) if len(locs) else locs
+        margin = 1e-3 * (b - a)  # matplotlib draws within 1e-10 of the span: this keeps more
+        return locs[(t >= a - margin) & (t <= b + margin)]
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        return self.locator.tick_values(vmin, vmax)
+
+    def view_limits(self, vmin: float, vmax: float) -> tuple[float, float]:
+        return self.locator.view_limits(vmin, vmax)
+
+    def nonsingular(self, v0: float, v1: float) -> tuple[float, float]:
+        return self.locator.nonsingular(v0, v1)
+
+
 def log_y(ax: plt.Axes) -> None:
-    """A log y axis with `LogTicks` labels (major and minor, as matplotlib would label them)."""
+    """A log y axis with `LogTicks` labels (major and minor, as matplotlib would label them),
+    its locators' ticks `InView`."""
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(InView(ax.yaxis.get_major_locator()))
+    ax.yaxis.set_minor_locator(InView(ax.yaxis.get_minor_locator()))
     ax.yaxis.set_major_formatter(LogTicks())
     ax.yaxis.set_minor_formatter(LogTicks(labelOnlyBase=False))
 
