@@ -33,6 +33,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: no error where xdist is not loaded
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n logical`/`-n auto`: one worker per core this process may use, at most MAX_WORKERS."""
     return max(1, min(_cores(), MAX_WORKERS))
