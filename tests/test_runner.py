@@ -102,13 +102,17 @@ def test_replicate_r_is_the_same_network_whatever_the_chunking_threads_or_count(
     """Each replicate draws from its own stream (seed, r): chunk size (memory budget), torch's
     thread count and the number of replicates do not change any replicate's numbers."""
     base = ("depth=5", "width=24", "batch=6", "bias_std=0.1", "dtype=float64", "act=tanh")
-    whole = measure(small_spec(*base, "replicates=5"), progress=False)
+    threads = torch.get_num_threads()
+    try:  # several threads here (an xdist worker runs at 1), one below
+        torch.set_num_threads(max(2, threads))
+        whole = measure(small_spec(*base, "replicates=5"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert whole.chunk_size == 5
     budget = 1.5 * bytes_per_replicate(small_spec(*base, "replicates=5")) / 2**20  # chunks of 1
     chunked = measure(small_spec(*base, "replicates=5", f"memory_budget_mb={budget}"), progress=False)
     assert chunked.chunk_size < 5
     fewer = measure(small_spec(*base, "replicates=3"), progress=False)
-    threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         serial = measure(small_spec(*base, "replicates=5"), progress=False)

@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ import torch
 from harness import archs
 from harness.core import init as inits
 from harness.core.activations import Activation
+from harness.core.activations import get as get_activation
 from harness.core.capabilities import FINITE_WIDTH_BAND
 from harness.core.quadrature import gaussian_expectation_2d, gaussian_rule
 from harness.core.spec import Spec
@@ -314,6 +315,16 @@ def pair_moments(act: Activation, q: float, c: float) -> dict[str, float]:
             "Kcc": q * q * float((W * ga * gb).sum())}
 
 
+@lru_cache(maxsize=65536)
+def _shared_pair_moments(name: str, params: tuple[tuple[str, float], ...], q: float, c: float
+                         ) -> dict[str, float]:
+    """`pair_moments` of the registered activation `name` with `params`, cached per process
+    (read-only: callers must not modify the dict). The runs of a sweep that differ only in seed,
+    mode on square layers or anything else outside (φ, q^l, c^l) ask for the same values; the
+    values are those of the uncached call, so a cached run is bitwise the same as a fresh one."""
+    return pair_moments(get_activation(name, **dict(params)), q, c)
+
+
 def _pairs(spec: Spec, ch: Chain, c: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per layer l = 1..L: K22(q^l, c^l), its second c-derivative Kcc, τ_l², the variance of
@@ -332,7 +343,7 @@ def _pairs(spec: Spec, ch: Chain, c: np.ndarray
         q, ci = float(ch.q[i]), float(min(1.0, max(-1.0, c[i])))
         if not (math.isfinite(q) and q > 0):
             break
-        pm = pair_moments(act, q, ci)
+        pm = _shared_pair_moments(act.name, tuple(act.params.items()), q, ci)
         k22[i], kcc[i], d22[i], dd[i] = pm["K22"], pm["Kcc"], pm["D22"], pm["DD"]
         if i + 1 < L:
             m = ch.m[i]
