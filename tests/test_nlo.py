@@ -135,6 +135,8 @@ def test_relu_and_linear_means_need_no_correction(overrides):
     out = nlo.predict(spec, p)
     assert out, nlo.undefined_reason(spec)
     for q, v in out.items():
+        if q == "correlation":  # the cosine is not linear in the kernel: tests/test_nlo_pair.py
+            continue
         np.testing.assert_allclose(v, p[q], rtol=1e-10, err_msg=q)
 
 
