@@ -67,7 +67,6 @@ def _legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.polynomial.legendre.leggauss(n)
 
 
-@cache
 def polar_rule(c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points (z1, z2) of two iid standard normals and weights w, Σ w f(z1, z2) ≈ E f, for
     integrands smooth except on the lines z1 = 0 and c z1 + s z2 = 0 (s = √(1 − c²)): with
