@@ -79,3 +79,33 @@ def test_nlo_is_the_reference_where_defined():
     assert row["compared with"] == "1/n"
     # the worst point of 20 (the mean of 16 networks of relative spread 0.1 is within ±9%)
     assert 0.92 * 0.9 < float(row["mean vs mean-field"].lstrip("×")) < 0.92 * 1.1
+
+
+@pytest.mark.parametrize("factor,log_var,cls", [
+    (0.841, 0.06, compare.AGREES),        # ln 0.841 + s²/2 = −0.14: 0.6 σ from the centre
+    (0.841, None, compare.UNTESTED),      # no predicted spread: nothing to judge it by
+    (0.3, 0.06, compare.DISAGREES),       # ln 0.3 + s²/2 = −1.17: 4.8 σ, beyond k = 2.58
+    (0.97, 1e-6, compare.BIAS),           # outside a tiny spread, |log10 r| 0.013 < 0.05
+])
+def test_one_replicate_is_judged_against_the_spread_of_one_network(factor, log_var, cls):
+    """One network (R = 1, one point, s.e. undefined): it departs only where it lies outside the
+    predicted spread of ONE network (n = 1 in `within_spread`: |ln(x/m) + s²/2| ≤ k s, k =
+    Φ⁻¹(1 − 0.01/2) = 2.58 for one point), and without a predicted spread it is untested.
+    0.841 is `harness.run depth=1 width=64 batch=1 replicates=1`'s forward (seed 0) against the
+    relu theory, whose one-layer spread at width 64 is s² ≈ 0.06."""
+    df = _frame(factor, 0.0, 1.0, log_var=log_var, R=1, L=1)
+    assert _class(df) == cls
+
+
+def test_the_one_network_run_of_the_issue_is_not_called_a_disagreement():
+    """`python -m harness.run depth=1 width=64 batch=1 replicates=1` (seed 0): forward ×0.841,
+    backward ×0.899, weight_grad ×0.871 of theory, each inside one relu network's predicted
+    spread (theory_log_var), so the verdict is agrees, not disagrees; at batch 4 the correlation
+    (no predicted spread) makes it untested."""
+    import harness
+
+    r = harness.run(depth=1, width=64, batch=1, replicates=1, plot=False, progress=False)
+    assert compare.assess(compare.layer_stats(r.frame)).cls == compare.AGREES
+    assert any(x.startswith("class: agrees") for x in r.verdict())
+    r = harness.run(depth=2, width=64, batch=4, replicates=1, plot=False, progress=False)
+    assert compare.assess(compare.layer_stats(r.frame)).cls == compare.UNTESTED

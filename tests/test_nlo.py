@@ -28,7 +28,7 @@ from harness.core.activations import get as get_activation
 from harness.core.quadrature import gaussian_expectation_2d
 from harness.sim.runner import measure
 from harness.theory import finite_width as fw
-from harness.theory import nlo
+from harness.theory import nlo, nlo_pair
 from harness.theory.meanfield import predict
 from tests.conftest import small_spec
 from tests.test_theory import z_crit
@@ -135,6 +135,8 @@ def test_relu_and_linear_means_need_no_correction(overrides):
     out = nlo.predict(spec, p)
     assert out, nlo.undefined_reason(spec)
     for q, v in out.items():
+        if q == "correlation":  # the cosine is not linear in the kernel: tests/test_nlo_pair.py
+            continue
         np.testing.assert_allclose(v, p[q], rtol=1e-10, err_msg=q)
 
 
@@ -195,7 +197,11 @@ def _check_means(overrides: tuple[str, ...], replicates: int, alpha: float = 1e-
     for q, v in out.items():
         x = np.asarray(m[q], dtype=float)
         mean, se = x.mean(0), x.std(0, ddof=1) / math.sqrt(len(x))
-        zs_nlo.append(np.abs(mean - v) / se)
+        # the correlation's 1/n mean is null only within C_EDGE of ±1 (sigmoid's c → 1), where
+        # its weights lose float64 precision (harness.theory.nlo_pair); every other point counts
+        ok = np.isfinite(v)
+        assert np.all(np.abs(p[q][~ok]) > 1 - nlo_pair.C_EDGE), (q, v)
+        zs_nlo.append(np.abs(mean - v)[ok] / se[ok])
         zs_mf.append(np.abs(mean - p[q]) / se)
     z_nlo, z_mf = np.concatenate(zs_nlo), np.concatenate(zs_mf)
     k = z_crit(len(z_nlo)) if alpha == 1e-3 else float(z_crit(len(z_nlo)))

@@ -247,14 +247,16 @@ CLASSES = (DISAGREES, NUMERICAL, BIAS, UNTESTED, AGREES, NO_THEORY)
 #: one line per class: the rule (shown in the report)
 CLASS_RULES = {
     AGREES: ("theory within Bonferroni's k standard errors of the replicate mean, or within what "
-             "the predicted spread across networks allows for a mean of R, at every point"),
+             "the predicted spread across networks allows for a mean of R, at every point (one "
+             "replicate: within the predicted spread of one network at every point)"),
     BIAS: (f"significant departures, each with |log10 r| < {TOLERANCE:g} (positive quantities) "
            f"or |diff| < {TOLERANCE:g} (signed ones, e.g. correlation)"),
     DISAGREES: (f"a significant departure with |log10 r| ≥ {TOLERANCE:g} (positive quantities) "
                 f"or |diff| ≥ {TOLERANCE:g} (signed ones), outside the predicted spread where the "
                 f"theory has one"),
     NUMERICAL: "overflow (inf/nan) or underflow (0) in a measured value",
-    UNTESTED: "one replicate, no standard error; within the limits above",
+    UNTESTED: ("one replicate (no standard error): every point with a predicted spread of one "
+               "network lies within it, and some point has none"),
     NO_THEORY: "measured only: no prediction exists for this run (harness.probe of an arbitrary model)",
 }
 
@@ -293,13 +295,14 @@ def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Ass
     or when its mean is carried by a few replicates (`dominated`: the s.e. is then no guide) and
     its severity ≥ its tolerance; but never where the theory predicts its spread across networks
     (`log_var`) and the mean lies within what that spread allows for n replicates
-    (`within_spread`).
+    (`within_spread`). One replicate has no s.e.: there a point departs when it lies outside the
+    predicted spread of one network (n = 1), and a point without a predicted spread is untested.
     k defaults to Bonferroni's `bonferroni_k(m, alpha)` for the run's m points. The class:
     no theory when no point has one (harness.probe); numerical if a value overflowed (inf/nan)
-    or a positive quantity underflowed to 0; else with
-    one replicate disagrees/untested by the tolerances alone; else agrees with no significant
-    departure, finite-width bias when every significant departure has severity < its tolerance
-    (points within k s.e. are noise, whatever their severity), disagrees otherwise. The run's
+    or a positive quantity underflowed to 0; else agrees with no significant departure (one
+    replicate: untested unless every point has a predicted spread), finite-width bias when every
+    significant departure has severity < its tolerance (points within k s.e. are noise, whatever
+    their severity), disagrees otherwise. The run's
     score and worst point: its largest severity/tolerance among significant departures (else
     among all points)."""
     ref = "reference" if "reference" in d else "theory"
@@ -321,15 +324,19 @@ def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Ass
     # a mean within what the predicted spread across networks allows for n replicates is no
     # departure, whatever its sample s.e. (16 replicates of a log-normal understate it)
     spread_ok = within_spread(mean, theory, log_var, d["n"].to_numpy(), k_run)
+    R = int(d["R"].max()) if len(d) else 0
+    # one network has no standard error: a point is judged only where the theory predicts the
+    # spread of one network (log_var), and departs when it lies outside it
+    has_spread = np.isfinite(log_var)
     with np.errstate(invalid="ignore"):
         beyond = (np.abs(mean - theory) > k_run * d["sem"].to_numpy(dtype=float)) & ~spread_ok
-        significant = beyond | (dominated & (score >= 1) & ~spread_ok)
+        significant = (beyond | (dominated & (score >= 1) & ~spread_ok) if R >= 2
+                       else has_spread & ~spread_ok)
     within = int((~beyond & np.isfinite(d["sem"].to_numpy(dtype=float))).sum())
     in_range = int(((d["min"] <= d[ref]) & (d[ref] <= d["max"])).sum())
     overflow = (d["n"] < d["R"]).to_numpy()
     signed = np.array([kd.signed for kd in kinds], dtype=bool)
     underflow = ~signed & (d["min"].to_numpy(dtype=float) == 0)
-    R = int(d["R"].max()) if len(d) else 0
     finite = np.isfinite(score)
     # the run's severity: its worst significant departure (else its worst point at all)
     pick = significant & finite if (significant & finite).any() else finite
@@ -342,10 +349,8 @@ def assess(d: pd.DataFrame, k: float | None = None, alpha: float = ALPHA) -> Ass
             worst[q] = (float(sev[i]), int(layers[i]))
     if overflow.any() or underflow.any():
         cls = NUMERICAL
-    elif R < 2:
-        cls = DISAGREES if top >= 1 else UNTESTED
     elif not significant.any():
-        cls = AGREES
+        cls = AGREES if R >= 2 or has_spread.all() else UNTESTED
     elif not (significant & (score >= 1)).any():
         cls = BIAS
     else:

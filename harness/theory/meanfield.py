@@ -17,9 +17,10 @@ with c_0 = input_corr and C_φ(q, c) = E[φ(u_1)φ(u_2)], (u_1, u_2) ~ N(0, q[[1
 (the correlation map of Poole et al. 2016; closed-form arc-cosine kernel for the relu family,
 2-D quadrature otherwise). The backward line is the gradient-independence approximation; it is
 exact for relu-family and linear networks' expectations. The measured correlation is a mean of
-cosines, whose expectation differs from c^l by O(1/n). With jacobian=k the Jacobian's spectrum
-moments follow `harness.sim.jacobian.predict` (free probability). Conv stacks (arch=conv) follow the
-position-resolved recursions of `harness.archs.conv`.
+cosines, whose expectation differs from c^l by O(1/n) (`harness.theory.nlo_pair`). With
+jacobian=k the Jacobian's spectrum moments follow `harness.sim.jacobian.predict` (free
+probability). Conv stacks (arch=conv) follow the position-resolved recursions of
+`harness.archs.conv`.
 """
 
 from __future__ import annotations

@@ -63,10 +63,11 @@ from harness.core.activations import get as get_activation
 from harness.core.capabilities import FINITE_WIDTH_BAND
 from harness.core.quadrature import gaussian_expectation_2d, gaussian_rule
 from harness.core.spec import Spec
+from harness.theory import nlo_pair
 
 #: the quantities whose NLO mean `predict` gives (Gaussian weights; forward and activation
 #: also for uniform and truncated-normal ones) and those whose spread `log_variance` gives
-MEAN_QUANTITIES = ("forward", "activation", "backward", "weight_grad")
+MEAN_QUANTITIES = ("forward", "activation", "backward", "weight_grad", "correlation")
 SPREAD_QUANTITIES = ("forward", "activation", "backward", "weight_grad")
 
 
@@ -101,6 +102,8 @@ def undefined_reason(spec: Spec, quantity: str = "forward") -> str:
         return f"needs iid weights of a known kurtosis; scheme {spec.scheme} draws {dist}"
     if k != 0.0 and quantity not in ("forward", "activation"):
         return f"derived for Gaussian weights only; scheme {spec.scheme} draws {dist}"
+    if quantity == "correlation" and spec.batch < 2:
+        return "correlation needs batch >= 2"
     return ""
 
 
@@ -242,6 +245,9 @@ def predict(spec: Spec, predicted: Mapping[str, np.ndarray]) -> dict[str, np.nda
     out = {"forward": ch.q + ch.delta, "activation": ch.a[:-1].copy()}
     if not undefined_reason(spec, "backward"):
         out["backward"], out["weight_grad"] = _tangent(ch, spec.bias_std**2)
+    if not undefined_reason(spec, "correlation"):  # two inputs: harness.theory.nlo_pair
+        out["correlation"] = nlo_pair.correlation(spec.activation, ch.s2, ch.n, spec.input_var,
+                                                  spec.input_corr, ch.q, predicted["correlation"])
     return out
 
 
