@@ -617,8 +617,10 @@ def _sample_gram(a: float, b: float, shape: tuple[int, int], gen: torch.Generato
     return math.sqrt(max(a, 0.0)) * (z - zbar) + math.sqrt(max(a + shape[1] * b, 0.0)) * zbar
 
 
-#: chains of the post-position residual Monte Carlo (B·chains numbers per block)
+#: chains of the post-position residual Monte Carlo (B·chains numbers per block), and the most
+#: numbers its forward chain keeps over all blocks (deep stacks get fewer chains: 128 MiB)
 CHAIN_ENTRIES = 1 << 17
+CHAIN_MEMORY = 1 << 24
 
 
 def _post_chain(act: Activation, B: int, q0: float, c0: float, a2: np.ndarray, tau_f: np.ndarray,
@@ -759,7 +761,7 @@ def predict_residual(
     g = np.ones(L)
     wg = np.empty(L * m)
     if position == "post":
-        chains = max(256, CHAIN_ENTRIES // B)
+        chains = max(256, min(CHAIN_ENTRIES, CHAIN_MEMORY // L) // B)  # the chain is kept: L·chains·B
         back, ds_sq, inner = _post_chain(act, B, q0, c0, a2, tau_f, kap, m, h_kernels, eps, chains,
                                          seed)
         g[:] = back
