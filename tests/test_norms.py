@@ -204,8 +204,10 @@ def test_annotations_give_the_norms_reason():
     assert archs.why_not(make(ARCHS["mlp"]), "criticality") == ""
     bn = make([*ARCHS["mlp"], "norm=batchnorm"])  # the finite-batch theory (harness.theory.batchnorm)
     assert bn.architecture.theory_note(bn) == ""
-    bn_res = make([*ARCHS["resmlp"], "norm=batchnorm"])
-    assert bn_res.architecture.theory_note(bn_res) == "BatchNorm theory: not yet"
+    bn_res = make([*ARCHS["resmlp"], "norm=batchnorm"])  # harness.theory.batchnorm.predict_residual
+    assert bn_res.architecture.theory_note(bn_res) == ""
+    bn_conv = make(["arch=resconv", "padding_mode=circular", "norm=batchnorm"])
+    assert bn_conv.architecture.theory_note(bn_conv).startswith("norm=batchnorm theory for conv stacks")
     assert spec.architecture.theory_note(spec) == ""
 
 

@@ -340,7 +340,8 @@ def norm_theory(spec: Spec, kind: str, weight_variances: Sequence[float] | None 
     stack = norms.Stack(kind=kind, act=spec.activation, sigma_w2=fan_in * var_w, rho2=fan_out * var_w,
                         sigma_b2=spec.bias_std**2, q0=spec.input_var, c0=spec.input_corr,
                         batch=spec.batch, depth=spec.depth, position=spec.norm_position or "pre",
-                        eps=float(spec.norm_eps or 0.0), widths=widths, alphas=alphas, m=m, ws=spec.ws)
+                        eps=float(spec.norm_eps or 0.0), widths=widths, alphas=alphas, m=m, ws=spec.ws,
+                        positions=P)
     assert spec.normalization.theory is not None
     return spec.normalization.theory(stack)
 

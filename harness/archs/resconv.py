@@ -278,11 +278,11 @@ def norm_predict(spec: Spec) -> tuple[dict[str, np.ndarray], str]:
     P positions; zero padding: NaN and `ZERO_PADDING_NORM`."""
     L, m = spec.depth, spec.residual_branch_depth
     nan = np.full(L, np.nan)
+    th, why = mlp.norm_theory(spec, "resmlp")  # why: a norm with no theory here (batchnorm)
     if spec.padding_mode != "circular":
         out = {q: nan.copy() for q in ("forward", "branch", "normed", "backward")}
         return {**out, "weight_grad": np.full(L * m, np.nan), "channel_mean_sq": nan.copy(),  # type: ignore[operator]
-                "channel_var": nan.copy()}, ZERO_PADDING_NORM
-    th, why = mlp.norm_theory(spec, "resmlp")
+                "channel_var": nan.copy()}, why or ZERO_PADDING_NORM
     th = {k: v for k, v in th.items() if k != "correlation"}
     th["weight_grad"] = th["weight_grad"] * math.prod(spec.spatial)
     return {**th, "channel_mean_sq": nan.copy(), "channel_var": nan.copy()}, why
@@ -323,8 +323,8 @@ class ResConv(Architecture):
         return keys
 
     def limits(self, spec: Spec, capability: str) -> str:
-        """resmlp's reasons (`resmlp.REASONS`) for criticality and the finite-width band."""
-        return resmlp.REASONS.get(capability, "")
+        """resmlp's reasons (`resmlp.limits`) for criticality and the finite-width band."""
+        return resmlp.limits(spec, capability)
 
     def describe(self, spec: Spec) -> str:
         """conv's and resmlp's descriptions."""

@@ -516,6 +516,26 @@ REASONS: Mapping[str, str] = {
 }
 
 
+#: criticality with a post-norm: the stream is reset every block, it does not grow
+POST_NORM_CRITICALITY = ("post-norm resets the stream to unit variance every block (x^l = N(x^{l-1} + "
+                         "α_l f)): no fixed point of an unnormalized map to linearize; the backward "
+                         "theory gives the gradient's growth per block")
+
+
+def limits(spec: Spec, capability: str) -> str:
+    """Why criticality and the finite-width band are not defined for a residual stream
+    (`REASONS`, docs/theory.md "Residual networks"); with a norm, the band is the norm entry's
+    reason (Hanin & Nica's band is for unnormalized stacks) and post-norm's criticality
+    `POST_NORM_CRITICALITY` (pre-norm streams still grow: `REASONS`)."""
+    entry = spec.normalization
+    if not entry.identity:
+        if capability == FINITE_WIDTH_BAND and entry.why_not(capability):
+            return f"not defined with norm={spec.norm}: {entry.why_not(capability)}"
+        if capability == CRITICALITY and spec.norm_position == "post":
+            return f"not defined with norm={spec.norm}: {POST_NORM_CRITICALITY}"
+    return REASONS.get(capability, "")
+
+
 class ResMLP(Architecture):
     """arch=resmlp (module doc)."""
 
@@ -533,9 +553,8 @@ class ResMLP(Architecture):
         return config_keys(cfg)
 
     def limits(self, spec: Spec, capability: str) -> str:
-        """`REASONS`: why criticality and the finite-width band are not defined for a residual
-        stream (docs/theory.md, "Residual networks")."""
-        return REASONS.get(capability, "")
+        """`limits` (module function)."""
+        return limits(spec, capability)
 
     def describe(self, spec: Spec) -> str:
         """" residual, m=2 layers per branch, α=1 (none)"."""

@@ -37,8 +37,8 @@ infinite width on a zero-mean Gaussian layer: the per-sample mean → 0 and the 
 moment → q, so N(h) ≈ h/√(q + ε) (the mean-field scale reset); `sample_stage` gives one norm+φ
 stage's moments (pre: x = φ(N(h)); post: x = N(φ(h))) and its backward factor (the O(1/n)
 projection and fluctuation terms dropped). BatchNorm couples a
-network's B inputs (a recursion on the B×B Gram matrix); its hook `batchnorm_theory` returns NaN
-and the reason until that theory is wired in.
+network's B inputs (a recursion on the B×B Gram matrix, `harness.theory.batchnorm`); its hook
+`batchnorm_theory` covers dense and residual stacks and gives conv stacks NaN and the reason.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ class Stack:
     alphas: np.ndarray = field(default_factory=lambda: np.empty(0))
     m: int = 1
     ws: bool = False
+    #: positions P a conv's statistics pool over (1 for dense stacks)
+    positions: int = 1
 
 
 #: quantity -> predictions per layer, and "" or the reason the theory is missing
@@ -105,48 +107,33 @@ def _lengths(stack: Stack) -> dict[str, int]:
             "correlation": L}
 
 
+#: why a conv stack with BatchNorm has no theory (its statistics pool a channel over B·P entries)
+BN_CONV_REASON = ("norm=batchnorm theory for conv stacks: not derived (a channel's statistics pool the "
+                  "batch and the positions, whose B·P entries are correlated by the convolutions: "
+                  "no permutation-symmetric B×B Gram recursion)")
+
+
 def batchnorm_theory(stack: Stack) -> Theory:
-    """BatchNorm's mean-field theory. mlp: the finite-batch Gram recursion of
+    """BatchNorm's mean-field theory at a finite batch B: mlp, the Gram recursion of
     `harness.theory.batchnorm.predict` (forward, correlation, normed, activation, backward,
-    weight_grad; ε kept in normed). resmlp: not yet (NaN per quantity, and the reason), except
-    the pre-norm residual stream, whose branch sees a unit-variance normalized input at infinite
-    width whatever the batch statistics: q^l = q^{l−1} + α_l² B(1) (`residual_pre_forward`).
+    weight_grad; ε kept in normed); resmlp, `harness.theory.batchnorm.predict_residual` (forward,
+    branch, normed, backward, weight_grad, correlation; pre and post, m = 1, 2); conv stacks
+    (positions > 1): NaN per quantity and `BN_CONV_REASON`.
 
     The hook gets the stack's plain numbers (`Stack`: kind "mlp" | "resmlp", act, sigma_w2 /
     rho2 per weight layer, sigma_b2, q0, c0, batch B, depth, position, eps, widths, alphas, m,
-    ws) and returns quantity -> array of the lengths `_lengths` gives (mlp: forward, backward,
-    weight_grad, correlation L; activation, normed L−1; resmlp: forward, branch, normed,
-    backward, correlation L; weight_grad L·m) and "" (or the reason for what stays NaN)."""
+    ws, positions) and returns quantity -> array of the lengths `_lengths` gives (mlp: forward,
+    backward, weight_grad, correlation L; activation, normed L−1; resmlp: forward, branch,
+    normed, backward, correlation L; weight_grad L·m) and "" (or the reason for what stays NaN)."""
+    if stack.positions > 1:
+        return {k: np.full(n, np.nan) for k, n in _lengths(stack).items()}, BN_CONV_REASON
     if stack.kind == "mlp":
         return bn_theory.predict(stack.act, stack.depth, stack.batch, stack.sigma_w2, stack.sigma_b2,
                                  stack.q0, stack.c0, stack.position, stack.rho2, stack.ws,
                                  stack.eps), ""
-    out = {k: np.full(n, np.nan) for k, n in _lengths(stack).items()}
-    if stack.kind == "resmlp" and stack.position == "pre":
-        out.update(residual_pre_forward(stack, stack.eps))
-    return out, "BatchNorm theory: not yet"
-
-
-def residual_pre_forward(stack: Stack, eps: float) -> dict[str, np.ndarray]:
-    """forward q^l = q^{l−1} + α_l² B^l and branch B^l of a pre-norm residual stack whose every
-    norm outputs unit variance (u = 1·q/(q+ε) ≈ 1): m = 1: B = σ_w² V_φ(u) + σ_b²; m = 2:
-    p = σ_1² V_φ(u) + σ_b², B = σ_2² V_φ(p/(p+ε)) + σ_b²; normed = q^{l−1}/(q^{l−1}+ε)."""
-    act, L, m = stack.act, stack.depth, stack.m
-    q = float(stack.q0)
-    fwd, br, nd = np.empty(L), np.empty(L), np.empty(L)
-    for l in range(L):
-        u = q / (q + eps)
-        nd[l] = u
-        z = u
-        for j in range(m):
-            k = l * m + j
-            z = stack.sigma_w2[k] * float(act.V(z)) + stack.sigma_b2
-            if j < m - 1:
-                z = z / (z + eps)
-        br[l] = z
-        q = q + stack.alphas[l] ** 2 * z
-        fwd[l] = q
-    return {"forward": fwd, "branch": br, "normed": nd}
+    return bn_theory.predict_residual(stack.act, stack.depth, stack.batch, stack.sigma_w2,
+                                      stack.alphas, stack.m, stack.sigma_b2, stack.q0, stack.c0,
+                                      stack.position, stack.rho2, stack.ws, stack.eps), ""
 
 
 # ---- per-sample norms: the stage maps ------------------------------------------------------------

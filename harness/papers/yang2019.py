@@ -19,6 +19,10 @@ The theory predicts E[backward^l], while b_r estimates the slope of E[ln backwar
 Var/2, and Var(ln backward^l) across networks grows toward the input by O(1/n) per layer (as
 Hanin & Nica's spread does): `rate_lognormal` = exp(−mean b − s_v/2), s_v the slope of the
 replicates' variance of ln backward^l over the same layers, removes that bias to first order.
+At B = 4, 5 each layer's factor averages per-unit terms of infinite variance, and ln of that
+average sits well below ln of its mean: `typical_rate` (`batchnorm.typical_rate`, pre position,
+B ≤ 5) is the theory's rate for a typical network of the run's width under independent layer
+factors (docs/theory.md, "The mean and the typical network at B = 4, 5").
 """
 
 from __future__ import annotations
@@ -86,6 +90,9 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             "rate": float(np.exp(-b.mean())), "log_rate_se": float(b.std(ddof=1) / math.sqrt(R)),
             "rate_lognormal": float(np.exp(-b.mean() - s_var / 2)),
             "theory_rate": float(np.exp(-tb)),
+            # B = 4, 5: the per-unit terms' infinite variance (docs/theory.md); B ≥ 6: ≈ theory
+            "typical_rate": (batchnorm.typical_rate(act, B, spec["width"])
+                             if spec["norm_position"] == "pre" and 4 <= B <= 5 else math.nan),
             "linear_rate": batchnorm.linear_rate(B) if B > 3 else math.inf,
             "large_batch_rate": float(act.D(1.0)) / (float(act.V(1.0)) - mean * mean),
             "backward_first": float(Bk[:, 0].mean()), "theory_backward_first": float(tB[0]),

@@ -86,6 +86,12 @@ mean diagonal of G^l, `weight_grad` = backward^l · E[(x^{l−1})²], with E[(x�
 E[(x^l)²] = V_B (pre) or p (post) (the pooled per-example moment mean_b[mean_i δ_bi² mean_j
 x_bj²]). With ws=true (every weight row sums to zero) the next layer sees x minus its mean over
 units, E[x] = M_B = E[φ(n_1)] (pre) or 0 (post, Σ_b m_b = 0): Σ^{l+1} = σ_w²(E[xxᵀ] − M_B²) + σ_b².
+
+Residual stacks (arch=resmlp, `predict_residual`): pre-norm, every BN sees a Gaussian unit of the
+stream, so the branch adds σ_m²Φ_B + σ_b²11ᵀ per block and the gradient Gram G^{l−1} = G^l +
+α_l² c P with c the plain chain's map (`pre_backward`); post-norm, each unit's stream stays on
+the batch sphere, and the backward follows one unit's chain of correlated BN projections by
+Monte Carlo (`_post_chain`). The mean and the typical network at B = 4, 5: `typical_rate`.
 """
 
 from __future__ import annotations
@@ -100,6 +106,7 @@ import torch
 
 from harness.core import activations
 from harness.core.activations import Activation
+from harness.core.quadrature import gaussian_expectation, gaussian_expectation_2d
 
 POSITIONS = ("pre", "post")
 #: Monte-Carlo batches for the post-position expectations (and its seed)
@@ -190,6 +197,9 @@ class SphereMoments:
     C: float  # E[φ(n_1)φ(n_2)]
     T1: float  # tr E[Q D² Q]
     T2: float  # tr E[Q φ'φ'ᵀ Q]
+    D: float = math.nan  # E[φ'(n_1)²]
+    DC: float = math.nan  # E[φ'(n_1)φ'(n_2)]
+    M: float = math.nan  # E[φ(n_1)]
 
 
 def sphere_moments(act: Activation, batch: int, refine: int = 1) -> SphereMoments:
@@ -210,9 +220,10 @@ def _sphere_moments(name: str, params: tuple, batch: int, refine: int) -> Sphere
     ndd = float(w1 @ (n1**2 * d1**2))
     a, b, w2 = pair_rule(B, refine)
     C = float(w2 @ (_f(act.phi, a) * _f(act.phi, b)))
-    cross = float(w2 @ (_f(act.dphi, a) * _f(act.dphi, b) * (1 + a * b)))
+    da, db = _f(act.dphi, a), _f(act.dphi, b)
+    cross = float(w2 @ (da * db * (1 + a * b)))
     T2 = (B - 1) * dd - ndd - (B - 1) * cross
-    return SphereMoments(V, C, T1, T2)
+    return SphereMoments(V, C, T1, T2, dd, float(w2 @ (da * db)), float(w1 @ p1))
 
 
 def normed_eps(batch: int, a: float) -> float:
@@ -231,8 +242,25 @@ def normed_eps(batch: int, a: float) -> float:
 
 def mean_phi(act: Activation, batch: int) -> float:
     """M_B = E[φ(n_1)], n uniform on the batch sphere (`marginal_rule`)."""
-    n1, w1 = marginal_rule(batch)
-    return float(w1 @ _f(act.phi, n1))
+    return sphere_moments(act, batch).M
+
+
+def pre_backward(m: SphereMoments, batch: int, s_sq: float, kappa: float, a: float, b: float
+                 ) -> float:
+    """c with κ E[σ^{−2}] E[Q_n D (aI + b11ᵀ) D Q_n] = c P: one pre-position BN (and φ, and a
+    weight of fan-out gain κ above it) on a Gaussian unit of centred variance s² (module doc):
+
+        c = κ B (a T_1 + b T_2) / (s² (B − 3)(B − 1))
+
+    0 at B = 2 (Q_n = 0), inf at B = 3 (E[σ^{−2}] = ∞) where a T_1 + b T_2 > 0."""
+    if batch == 2:
+        return 0.0
+    if math.isinf(a):  # an infinite gradient Gram stays infinite (b only removes its mean)
+        return math.inf
+    top = kappa * batch * (a * m.T1 + b * m.T2)
+    if batch == 3:
+        return math.inf if top > 0 else 0.0
+    return top / (s_sq * (batch - 3) * (batch - 1))
 
 
 @dataclass(frozen=True)
@@ -406,8 +434,7 @@ def predict(
     elif position == "pre":
         a, b = 1.0, 0.0  # G^{l+1} = a I + b 11ᵀ
         for l in range(L - 2, -1, -1):
-            s_sq = q[l] - q12[l]  # centred variance of h^l
-            c_l = kappa[l + 1] * B * (a * sph.T1 + b * sph.T2) / (s_sq * (B - 3) * (B - 1))
+            c_l = pre_backward(sph, B, q[l] - q12[l], kappa[l + 1], a, b)  # s²: h^l's centred variance
             g[l] = c_l * (B - 1) / B
             a, b = c_l, -c_l / B
     else:
@@ -469,6 +496,299 @@ def explosion_rate(
     return float(sigma_w2 * (pm.E1 - pm.E2))
 
 
+def typical_rate(act: Activation, batch: int, width: int, samples: int = 1 << 20,
+                 seed: int = MC_SEED) -> float:
+    """The pre position's per-layer growth of ln backward in a typical network of width n:
+
+        λ_n = λ · exp(E[ln Z̄_n] − ln E[Z]),   Z = ‖σ^{−1} Q_n (φ'(n) ⊙ g)‖²,  g ~ N(0, P)
+
+    with Z̄_n the mean of n independent per-unit terms (seeded Monte Carlo over `samples` terms;
+    E[Z] = B(T_1 − T_2/B)/(B − 3) exactly, h of unit centred variance).
+    λ (`explosion_rate`) is the rate of the mean gradient moment; a per-network log-slope
+    estimates E[ln backward], whose layer factors are such width-n averages, and ln of an average
+    sits below ln of its mean. For B ≥ 6 the terms have finite variance and the gap is
+    O(Var Z/(n E[Z]²)); for B = 4, 5 σ^{−2} ∝ 1/χ²_{B−1} has infinite variance and the gap is
+    larger and shrinks more slowly with n (docs/theory.md)."""
+    lam = explosion_rate(act, batch)
+    if batch < 4:
+        return lam
+    gen = torch.Generator().manual_seed(seed)
+    per = max(1, min(samples // width, (1 << 18) // width))  # averages per chunk
+    means: list[torch.Tensor] = []
+    for _ in range(max(1, samples // (per * width))):
+        h = torch.randn(per, width, batch, generator=gen, dtype=torch.float64)
+        c = h - h.mean(-1, keepdim=True)
+        sd = c.square().mean(-1, keepdim=True).sqrt()
+        y = c / sd
+        g = torch.randn(per, width, batch, generator=gen, dtype=torch.float64)
+        e = act.dphi(y) * (g - g.mean(-1, keepdim=True))
+        d = (e - e.mean(-1, keepdim=True) - y * (e * y).mean(-1, keepdim=True)) / sd
+        means.append(d.square().sum(-1).mean(1))
+    m = sphere_moments(act, batch)
+    mean = batch * (m.T1 - m.T2 / batch) / (batch - 3)  # E[Z] = tr(cP) at s² = 1 (`pre_backward`)
+    return lam * math.exp(float(torch.log(torch.cat(means)).mean()) - math.log(mean))
+
+
 def linear_rate(batch: int) -> float:
     """(B − 2)/(B − 3): the linear BN chain's per-layer gradient growth (B ≥ 4)."""
     return (batch - 2) / (batch - 3)
+
+
+# ---- residual stacks (arch=resmlp) ---------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
+def radius_moments(batch: int, r0_sq: float, tau2: float, eps: float = 0.0) -> tuple[float, float]:
+    """(E[σ^{−2}], E[v/(v + ε)]) for a unit whose centred batch vector is Ps = m + g in the
+    (B−1)-dim centred subspace: m of fixed length ‖m‖² = r0² (a BN output: r0² = B; 0 for a
+    Gaussian unit), g ~ N(0, τ² P) independent, v = σ² = ‖Ps‖²/B its batch variance. With the
+    Laplace transform L(t) = E e^{−t‖Ps‖²} = (1 + 2τ²t)^{−k/2} exp(−r0² t/(1 + 2τ²t)), k = B − 1
+    (noncentral χ²):
+
+        E[σ^{−2}] = B ∫_0^∞ L(t) dt,      E[ε/(v + ε)] = εB ∫_0^∞ e^{−εBt} L(t) dt
+
+    (1/x = ∫ e^{−tx} dt), integrated in ln t. E[σ^{−2}] is finite for B ≥ 4 or r0² > 0 with
+    τ² = 0; r0² = 0 gives B/(τ²(B − 3)), the Gaussian unit's."""
+    B, k = batch, batch - 1
+    if tau2 == 0.0 and r0_sq == 0.0:
+        return math.inf, 0.0
+    if tau2 == 0.0:
+        return B / r0_sq, r0_sq / (r0_sq + eps * B)
+    if r0_sq == 0.0 and k > 2:
+        inv = B / (tau2 * (k - 2))
+    elif k <= 2:
+        inv = math.inf
+    else:
+        def lap(y: float) -> float:
+            t = math.exp(y)
+            return t * (1 + 2 * tau2 * t) ** (-k / 2) * math.exp(-r0_sq * t / (1 + 2 * tau2 * t))
+
+        centre = -math.log(r0_sq + tau2)  # L falls off where t(r0² + τ²) ~ 1
+        inv = B * integrate.quad(lap, centre - 40, centre + 40, limit=400, points=[centre])[0]
+        inv += B * _tail(k, tau2, r0_sq, centre + 40)
+    if eps <= 0:
+        return inv, 1.0
+
+    def lap_eps(y: float) -> float:
+        t = math.exp(y)
+        return (t * math.exp(-eps * B * t) * (1 + 2 * tau2 * t) ** (-k / 2)
+                * math.exp(-r0_sq * t / (1 + 2 * tau2 * t)))
+
+    centre = -math.log(r0_sq + tau2)
+    hi = -math.log(eps * B) + 5  # e^{−εBt} has cut the integrand off
+    lost = eps * B * integrate.quad(lap_eps, centre - 40, max(hi, centre + 1), limit=400,
+                                     points=[centre])[0]
+    return inv, 1.0 - lost
+
+
+def _tail(k: int, tau2: float, r0_sq: float, y0: float) -> float:
+    """∫_{e^{y0}}^∞ L(t) dt with L ≈ (2τ²t)^{−k/2} e^{−r0²/(2τ²)} (t ≫ 1/τ², k ≥ 3)."""
+    t0 = math.exp(y0)
+    return (2 * tau2) ** (-k / 2) * math.exp(-r0_sq / (2 * tau2)) * t0 ** (1 - k / 2) / (k / 2 - 1)
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """A permutation-symmetric unit's moments: V = E[φ(z_1)²], C = E[φ(z_1)φ(z_2)], M = E φ(z_1),
+    D = E[φ'(z_1)²], DC = E[φ'(z_1)φ'(z_2)]."""
+
+    V: float
+    C: float
+    M: float
+    D: float
+    DC: float
+
+
+def _gauss_kernel(act: Activation, q: float, q12: float) -> _Kernel:
+    """`_Kernel` of a Gaussian unit with E z² = q, E z_1 z_2 = q12."""
+    c = min(1.0, max(-1.0, q12 / q))
+    return _Kernel(float(act.V(q)), float(act.C(q, c)), float(gaussian_expectation(act.phi, q)),
+                   float(act.D(q)), gaussian_expectation_2d(act.dphi, act.dphi, q, c))
+
+
+def _dmap(a: float, b: float, D: float, DC: float) -> tuple[float, float]:
+    """E[D (aI + b11ᵀ) D] = a'I + b'11ᵀ, D = diag φ'(z) of a permutation-symmetric z:
+    diagonal (a + b)E[φ'²], off-diagonal b E[φ'_1 φ'_2]."""
+    off = b * DC
+    return (a + b) * D - off, off
+
+
+def _sample_gram(a: float, b: float, shape: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """Rows ξ ~ N(0, aI + b11ᵀ) (a, a + Bb ≥ 0): √a (z − z̄1) + √(a + Bb) z̄1, z ~ N(0, I)."""
+    z = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    zbar = z.mean(1, keepdim=True)
+    return math.sqrt(max(a, 0.0)) * (z - zbar) + math.sqrt(max(a + shape[1] * b, 0.0)) * zbar
+
+
+#: chains of the post-position residual Monte Carlo (B·chains numbers per block), and the most
+#: numbers its forward chain keeps over all blocks (deep stacks get fewer chains: 128 MiB)
+CHAIN_ENTRIES = 1 << 17
+CHAIN_MEMORY = 1 << 24
+
+
+def _post_chain(act: Activation, B: int, q0: float, c0: float, a2: np.ndarray, tau_f: np.ndarray,
+                kap: np.ndarray, m: int, h_kernels: list[_Kernel | None], eps: float, chains: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The post-position backward of a residual stack by Monte Carlo over one unit's chain
+    (docs/theory.md): x^0 ~ N(0, q0[(1−c0)I + c0 11ᵀ]), x^l = BN(x^{l−1} + α_l f^l) with Pf^l ~
+    N(0, τ_l² P) fresh per block, then backward from δ^L ~ N(0, I):
+
+        ∂loss/∂s^l = σ_l^{−1}(δ − mean δ − y mean(δ y))   (y = x^l, σ_l² = var s^l + ε: BN exactly)
+        δ^{l−1} = ∂loss/∂s^l + φ'(x^{l−1}) ⊙ ξ^l,   ξ^l ~ N(0, α_l² κ (c_s P), the branch's chain)
+
+    with c_s the population's ‖∂loss/∂s^l‖²/(B − 1) (gradient independence: ξ mixes all units
+    through a fresh W). Returns per block E[(δ^l)²] (mean over chains and the batch), E[(∂loss/∂s^l)²]
+    and, for m = 2, E[(∂loss/∂h₁)²] of the inner layer."""
+    L = len(a2)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(chains, B, generator=gen, dtype=torch.float64)
+    zbar = z.mean(1, keepdim=True)
+    x = math.sqrt(max(q0 * (1 - c0), 0.0)) * (z - zbar) + math.sqrt(max(q0 * (1 + (B - 1) * c0), 0.0)) * zbar
+    xs, ys, sinv = [x], [], []
+    for l in range(L):
+        f = _sample_gram(tau_f[l], 0.0, (chains, B), gen)  # only Pf enters BN
+        s = xs[-1] + math.sqrt(a2[l]) * f
+        c = s - s.mean(1, keepdim=True)
+        si = (c.square().mean(1, keepdim=True) + eps).rsqrt()
+        ys.append(c * si)
+        sinv.append(si)
+        xs.append(ys[-1])
+    back, ds_sq, inner = np.empty(L), np.empty(L), np.full(L, np.nan)
+    delta = torch.randn(chains, B, generator=gen, dtype=torch.float64)
+    for l in range(L - 1, -1, -1):
+        back[l] = float(delta.square().mean())
+        y = ys[l]
+        ds = sinv[l] * (delta - delta.mean(1, keepdim=True) - y * (delta * y).mean(1, keepdim=True))
+        ds_sq[l] = float(ds.square().mean())
+        cs = ds_sq[l] * B / (B - 1)  # Gram of ∂loss/∂s: cs P
+        ea, eb = a2[l] * cs, -a2[l] * cs / B
+        h = h_kernels[l]
+        if h is not None:  # through W₂ and φ'(h₁), h₁ Gaussian
+            ea, eb = _dmap(kap[l * m + 1] * ea, kap[l * m + 1] * eb, h.D, h.DC)
+            inner[l] = ea + eb
+        xi = _sample_gram(kap[l * m] * ea, kap[l * m] * eb, (chains, B), gen)
+        delta = ds + act.dphi(xs[l]) * xi
+    back[-1] = 1.0  # E[(δ^L)²], exactly
+    return back, ds_sq, inner
+
+
+def predict_residual(
+    act: Activation,
+    depth: int,
+    batch: int,
+    sigma_w2: float | Sequence[float],
+    alphas: Sequence[float],
+    m: int = 1,
+    sigma_b2: float = 0.0,
+    q0: float = 1.0,
+    c0: float = 0.0,
+    position: str = "pre",
+    backward_gain: float | Sequence[float] | None = None,
+    ws: bool = False,
+    eps: float = 0.0,
+    seed: int = MC_SEED,
+) -> dict[str, np.ndarray]:
+    """The infinite-width, finite-batch prediction of a batch-normalized residual stack
+    (arch=resmlp; docs/theory.md "BatchNorm in residual stacks"), per block l = 1..L:
+
+        pre:   x^l = x^{l−1} + α_l f(BN(x^{l−1})), f = W φ (m = 1) or W₂ φ(BN(W₁ φ(·) + b₁)) (m = 2)
+        post:  x^l = BN(s^l), s^l = x^{l−1} + α_l f(x^{l−1}), f = W φ or W₂ φ(W₁ φ(·) + b₁)
+
+    (every f ends in + b). State: the stream's B×B Gram q[(1 − c)I + c11ᵀ] forward and the
+    gradient's a I + b 11ᵀ backward (G^L = I), under gradient independence (the cross term
+    between the skip and the branch vanishes: the backward's W is zero-mean and fresh).
+
+    pre: every BN sees a Gaussian unit, so its output n is uniform on the batch sphere
+    (`sphere_moments`): branch Gram σ_m²(Φ_B − [ws]M_B²11ᵀ) + σ_b²11ᵀ, Φ_B = (V_B − C_B)I +
+    C_B 11ᵀ; q^l = q^{l−1} + α_l²(σ_m²(V_B − [ws]M_B²) + σ_b²) (q12 with C_B). Backward: the
+    branch maps G to c P (`pre_backward`, the inner BN first for m = 2, on s² = σ_1²(V_B − C_B)),
+    G^{l−1} = G^l + α_l² c P.
+
+    post: Ps^l = Px^{l−1} + α P f is rotation invariant in the centred subspace (Px^{l−1} is a BN
+    output of length √B, or Gaussian at l = 1; Pf is Gaussian isotropic, τ² its centred
+    variance), so x^l is again uniform on the sphere: forward = normed = E[v/(v+ε)]
+    (`radius_moments`), correlation −1/(B − 1), branch from the sphere's (or, at l = 1, the
+    Gaussian's) kernel. The backward carries each unit's gradient along the skip through that
+    unit's own BNs, whose projections are correlated from block to block: `_post_chain`'s Monte
+    Carlo over one unit's chain (seeded; `CHAIN_ENTRIES` numbers per block).
+
+    Returns forward, branch, normed, backward, correlation (L values) and weight_grad (L·m:
+    α_l² × the gradient moment at each weight's output × its input's second moment). Below the
+    last block, backward is inf at B = 3 (E[σ^{−2}] = ∞); at B = 2 no gradient passes a BN.
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    if batch < 2:
+        raise ValueError(f"batch must be ≥ 2 for BatchNorm, got {batch}")
+    if m not in (1, 2):
+        raise ValueError(f"branch depth m must be 1 or 2, got {m}")
+    L, B = depth, batch
+    s2 = _per_layer(sigma_w2, L * m, "sigma_w2")
+    kap = s2 if backward_gain is None else _per_layer(backward_gain, L * m, "backward_gain")
+    a2 = _per_layer(np.asarray(alphas, dtype=np.float64) ** 2, L, "alphas")
+    sph = sphere_moments(act, B)
+    W = 1.0 if ws else 0.0
+    fwd, br, nd, cor, tau_f = (np.empty(L) for _ in range(5))
+    wg_in = np.empty(L * m)  # E[(input of W_k)²]
+    s_x, s_h = np.empty(L), np.empty(L)  # pre: centred variances of the BNs' inputs
+    h_kernels: list[_Kernel | None] = []
+    q, q12 = float(q0), float(q0 * c0)
+    for l in range(L):
+        k0 = l * m
+        if position == "pre":
+            s_x[l] = q - q12
+            nd[l] = normed_eps(B, eps / s_x[l]) if eps > 0 else 1.0
+            wg_in[k0:k0 + m] = sph.V
+            s_h[l] = s2[k0] * (sph.V - sph.C)  # m = 2: h₁'s centred variance
+            fv = s2[k0 + m - 1] * (sph.V - W * sph.M**2) + sigma_b2
+            fc = s2[k0 + m - 1] * (sph.C - W * sph.M**2) + sigma_b2
+            q, q12 = q + a2[l] * fv, q12 + a2[l] * fc
+            fwd[l], br[l], cor[l] = q, fv, q12 / q
+            continue
+        x = _gauss_kernel(act, q, q12) if l == 0 else _Kernel(sph.V, sph.C, sph.M, sph.D, sph.DC)
+        wg_in[k0] = x.V
+        fv, fc = s2[k0] * (x.V - W * x.M**2) + sigma_b2, s2[k0] * (x.C - W * x.M**2) + sigma_b2
+        h = None
+        if m == 2:
+            h = _gauss_kernel(act, fv, fc)
+            wg_in[k0 + 1] = h.V
+            fv, fc = (s2[k0 + 1] * (h.V - W * h.M**2) + sigma_b2,
+                      s2[k0 + 1] * (h.C - W * h.M**2) + sigma_b2)
+        h_kernels.append(h)
+        br[l], tau_f[l] = fv, fv - fc
+        r0, tau_x = (0.0, q - q12) if l == 0 else (float(B), 0.0)  # Px^{l−1}: Gaussian or √B
+        q = radius_moments(B, r0, tau_x + a2[l] * tau_f[l], eps)[1]
+        q12 = -q / (B - 1)
+        fwd[l] = nd[l] = q
+        cor[l] = -1.0 / (B - 1)
+    g = np.ones(L)
+    wg = np.empty(L * m)
+    if position == "post":
+        chains = max(256, min(CHAIN_ENTRIES, CHAIN_MEMORY // L) // B)  # the chain is kept: L·chains·B
+        back, ds_sq, inner = _post_chain(act, B, q0, c0, a2, tau_f, kap, m, h_kernels, eps, chains,
+                                         seed)
+        g[:] = back
+        wg[m - 1::m] = a2 * ds_sq * wg_in[m - 1::m]
+        if m == 2:
+            wg[0::2] = inner * wg_in[0::2]
+        if B == 2:  # Q_x = 0: nothing passes a BN (the chain's ε-sized remainder dropped)
+            g[:-1], wg[:] = 0.0, 0.0
+        if B == 3:  # E[σ^{−2}] = ∞ below every block with a branch (module doc)
+            g[:-1], wg[:] = math.inf, np.where(np.repeat(a2, m) > 0, math.inf, 0.0)
+        return {"forward": fwd, "branch": br, "normed": nd, "backward": g, "weight_grad": wg,
+                "correlation": cor}
+    a, b = 1.0, 0.0  # G^l = a I + b 11ᵀ at the block's output
+    for l in range(L - 1, -1, -1):
+        k0 = l * m
+        g[l] = a + b
+        if a2[l] == 0:  # α = 0: the block is the identity, its weights get no gradient
+            wg[k0:k0 + m] = 0.0
+            continue
+        wg[k0 + m - 1] = a2[l] * (a + b) * wg_in[k0 + m - 1]
+        ca, cb = a, b
+        if m == 2:
+            c2 = pre_backward(sph, B, s_h[l], kap[k0 + 1], a, b)
+            wg[k0] = a2[l] * c2 * (B - 1) / B * wg_in[k0]
+            ca, cb = (math.inf, 0.0) if math.isinf(c2) else (c2, -c2 / B)
+        c = pre_backward(sph, B, s_x[l], kap[k0], ca, cb)
+        a, b = (math.inf, 0.0) if math.isinf(c) else (a + a2[l] * c, b - a2[l] * c / B)
+    return {"forward": fwd, "branch": br, "normed": nd, "backward": g, "weight_grad": wg,
+            "correlation": cor}
