@@ -38,11 +38,11 @@ the harness's own networks (`experiments/xiao2018.yaml`: Conv2d, kernel 3, circu
     w over the taps: every non-uniform mode decays like (χ_c λ_k)^l even at criticality (3×3:
     λ ≤ (1 + 2cos(2π/8))/3 = 0.805 on 8×8 images: depth scale ≤ 4.6 layers).
 
-(c) The Jacobian's squared singular values (computed here at a smaller image: the exact
-    J^l = ∂h^l/∂x^0 of dimension C·P, one tangent per input coordinate,
-    J^{l+1} = K^{l+1} diag(φ'(h^l)) J^l with K the conv as a matrix). m_1, m_2 as in
-    `harness.sim.jacobian.moments`; v^l = m_2/m_1² − 1. Theory: the MLP's free-probability
-    result `harness.sim.jacobian.predict` (v^l = −s_1 l + Σ_{k<l} (μ_2/μ_1² − 1)). For the
+(c) The Jacobian's squared singular values (computed here at a smaller image and depth, with
+    what `jacobian=k` runs for a conv stack: `harness.archs.conv.propagate_jacobian`, the exact
+    J^l = ∂h^l/∂x^0 of dimension C·P, J^{l+1} = K^{l+1} diag(φ'(h^l)) J^l with K the conv as a
+    matrix); v^l = m_2/m_1² − 1. Theory: the MLP's free-probability result
+    `harness.sim.jacobian.predict` (v^l = −s_1 l + Σ_{k<l} (μ_2/μ_1² − 1)). For the
     delta-orthogonal kernel it applies exactly position by position (J is block-diagonal over
     positions, each block an orthogonal MLP of width C: s_1 = 0). For Gaussian kernels K is
     block-diagonal over Fourier modes with Gaussian C×C blocks of variance σ_w²/C; taking those
@@ -61,14 +61,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.archs.conv import conv
+from harness.archs.conv import conv, predict_jacobian, propagate_jacobian
 from harness.cli import compose_config
 from harness.core.init import scheme as scheme_entry
 from harness.core.spec import Spec
 from harness.outputs.plots import plt
 from harness.outputs.results import METADATA, layer_matrix
 from harness.papers import isometry
-from harness.sim import jacobian
 from harness.sim.runner import replicate_generators, sample_chunk
 from harness.theory import meanfield
 
@@ -267,41 +266,20 @@ def retention_table(schemes: Sequence[str], sizes: dict[str, int] | None = None)
 # ---- (c) the Jacobian's spectrum -------------------------------------------------------------
 def measure_jacobian(spec: Spec, layers: Sequence[int]) -> dict[str, np.ndarray]:
     """m_1 and v = m_2/m_1² − 1 of J^l = ∂h^l/∂x^0 (the whole C·P-dimensional map, at each
-    network's first input), per network at `layers`: {"mean": (R, len), "rel_var": (R, len)}.
-    Tangents t_n = J e_n, one per input coordinate, ride along the forward pass:
-    t ← K^l t, then t ← φ'(h^l) ⊙ t."""
+    network's first input), per network at `layers`: {"mean": (R, len), "rel_var": (R, len)},
+    by `harness.archs.conv.propagate_jacobian` (what jacobian=k runs) on the spec's networks."""
     R = spec.replicates
     weights, biases, x0, _ = sample_chunk(spec, R, replicate_generators(spec, 0, R))
-    C, S = x0.shape[2], x0.shape[3:]
-    N = C * math.prod(S)
-    x = x0[:, 0].reshape(1, R * C, *S)
-    eye = torch.eye(N, dtype=x0.dtype).view(N, 1, C, *S)
-    t = eye.expand(N, R, C, *S).reshape(N, R * C, *S).clone()
-    want = set(layers)
-    m1 = np.full((R, len(layers)), np.nan)
-    v = np.full((R, len(layers)), np.nan)
-    i = 0
-    act = spec.activation
-    for l, W in enumerate(weights):
-        h = conv(x, W, spec.padding_mode, None if biases is None else biases[l])  # type: ignore[arg-type]
-        t = conv(t, W, spec.padding_mode)
-        if l + 1 in want:
-            J = t.view(N, R, N).permute(1, 2, 0).double()  # (R, out, in)
-            a, b = jacobian.moments(J)
-            m1[:, i], v[:, i] = a.numpy(), (b / a.square() - 1).numpy()
-            i += 1
-        t = t * act.dphi(h)
-        x = act.phi(h)
-    return {"mean": m1, "rel_var": v}
+    out, _ = propagate_jacobian(weights, biases, x0[:, :1], spec.activation, spec.padding_mode,  # type: ignore[arg-type]
+                                layers=layers)
+    idx = [l - 1 for l in layers]
+    return {"mean": out["jacobian_mean"][:, idx].double().numpy(),
+            "rel_var": out["jacobian_rel_var"][:, idx].double().numpy()}
 
 
 def jacobian_theory(spec: Spec) -> dict[str, np.ndarray]:
-    """m_1^l and v^l, l = 1..L, from `harness.sim.jacobian.predict` with σ_w,l² = fan_in·Var(W)
-    (passed as the per-row variances of a width-C MLP) and the conv's forward prediction."""
-    s2 = meanfield.sigma_w2(spec)
-    C = spec.widths[1]
-    q = meanfield.predict(spec)["forward"]
-    return jacobian.predict(spec.activation, spec.scheme, [C] * (spec.depth + 1), list(s2 / C), q)
+    """m_1^l and v^l, l = 1..L: `harness.archs.conv.predict_jacobian` (free probability)."""
+    return predict_jacobian(spec, meanfield.predict(spec)["forward"])
 
 
 def jacobian_table(schemes: Sequence[str], sizes: dict[str, int] | None = None) -> pd.DataFrame:
