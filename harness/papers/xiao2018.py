@@ -84,7 +84,8 @@ def spec_for(scheme: str, overrides: Sequence[str] = ()) -> Spec:
 
 
 def kernel_label(scheme: str) -> str:
-    """"delta-orthogonal" or "Gaussian", from the scheme's spectral class (s_1 = 0: orthogonal)."""
+    """"delta-orthogonal" or "Gaussian", from the scheme's spectral class (s_1 = 0: orthogonal;
+    any iid scheme is called Gaussian, as the experiment's kaiming_normal is)."""
     return "delta-orthogonal" if scheme_entry(scheme).spectral_s1 == 0 else "Gaussian"
 
 
