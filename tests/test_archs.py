@@ -79,8 +79,8 @@ def test_unknown_arch_lists_the_registry(toy):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["jacobian=1"], "jacobian is implemented for arch=mlp, arch=resmlp only; for arch=toy leave it at 0 "
-                     "(got jacobian=1)"),
+    (["jacobian=1"], "jacobian is implemented for arch=mlp, arch=conv, arch=resmlp only; for arch=toy "
+                     "leave it at 0 (got jacobian=1)"),
     (["scheme=lsuv"], "scheme lsuv calibrates MLPs only; for arch=toy choose another scheme"),
     (["input_corr=0.5"], "input_corr is implemented for arch=mlp, arch=resmlp only; for arch=toy "
                          "leave it at 0 (got 0.5)"),
@@ -93,8 +93,9 @@ def test_unsupported_requests_are_one_line_errors(toy, overrides, message, capsy
 
 def test_the_messages_name_whoever_supports_the_capability(toy, monkeypatch):
     monkeypatch.setattr(Toy, "capabilities", frozenset({JACOBIAN}))
-    with pytest.raises(ConfigError, match="for arch=mlp, arch=resmlp, arch=toy only; for arch=conv"):
-        Spec.from_config(compose_config(["arch=conv", "jacobian=1", "batch=2"]))
+    with pytest.raises(ConfigError,
+                       match="for arch=mlp, arch=conv, arch=resmlp, arch=toy only; for arch=resconv"):
+        Spec.from_config(compose_config(["arch=resconv", "jacobian=1", "batch=2"]))
 
 
 def test_everything_comes_from_the_toy_entry(toy):

@@ -175,7 +175,7 @@ def test_without_jacobian_nothing_extra_is_measured_or_written(tmp_path):
     (["jacobian=-1"], "jacobian must be an integer in [0, batch=256]"),
     (["jacobian=true"], "jacobian must be an integer in [0, batch=256]"),
     (["batch=4", "jacobian=5"], "jacobian must be an integer in [0, batch=4]"),
-    (["arch=conv", "jacobian=1"], "jacobian is implemented for arch=mlp, arch=resmlp only"),
+    (["arch=resconv", "jacobian=1"], "jacobian is implemented for arch=mlp, arch=conv, arch=resmlp only"),
 ])
 def test_bad_jacobian_is_a_one_line_error(args, message, capsys):
     expect_one_line_error(args, message, capsys)

@@ -48,9 +48,22 @@ number of positions). The pooled `forward`, `activation`, `backward` predictions
 over positions of the maps. `channel_mean_sq` and `channel_var` have no theory here (NaN): they
 need the cross-input and cross-position covariance maps, not only the variances.
 
+Jacobian (jacobian=k). J^l = ∂h^l/∂x^0 at each of k inputs is the whole C_l·P × C_0·P map:
+one tangent per input coordinate rides along the forward pass (`propagate_jacobian`),
+
+    J^1 = K^1,    J^{l+1} = K^{l+1} diag(φ'(h^l)) J^l      (K the conv as a matrix, bias aside)
+
+and `harness.sim.jacobian.moments` gives jacobian_mean, _var, _rel_var as for an MLP. Theory
+(circular padding; NaN with zeros): `harness.sim.jacobian.predict` with σ_w,l² = fan_in·Var(W^l)
+and the pooled forward prediction. For delta-orthogonal kernels it is exact per position (J is
+block-diagonal over positions, each block an orthogonal MLP of width C: s_1 = 0); for iid
+kernels it takes the iid MLP's s_1 = −1 (K is block-diagonal over the image's Fourier modes,
+each block C×C with iid entries, assumed free of the φ' factors; Xiao et al. 2018, Sec. 3).
+Small channels and images only: J holds k·(C·P)² numbers per network.
+
 Config keys: kernel (odd, ≤ image), image, padding_mode (zeros | circular), conv_dim (1: Conv1d,
-2: Conv2d). Capabilities: positions (positions.parquet) and criticality with circular padding
-(zero padding makes the maps position-dependent); no jacobian, lsuv, input_corr or finite-width
+2: Conv2d). Capabilities: positions (positions.parquet), jacobian, and criticality with circular
+padding (zero padding makes the maps position-dependent); no lsuv, input_corr or finite-width
 band.
 """
 
@@ -70,9 +83,9 @@ from harness.archs.base import POSITION, Architecture, Tick
 from harness.archs.mlp import norm_theory
 from harness.core import norms, validate
 from harness.core.activations import Activation
-from harness.core.capabilities import CRITICALITY, POSITIONS
+from harness.core.capabilities import CRITICALITY, JACOBIAN, POSITIONS
 from harness.core.validate import ConfigError
-from harness.sim import regen
+from harness.sim import jacobian, regen
 from harness.sim.workspace import Workspace
 
 if TYPE_CHECKING:  # type hints only: Spec asks the registry, so the registry must not import it
@@ -344,10 +357,52 @@ def _channel_var_mean(hv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dev.square_().sum(3).sum(0) / n, mean
 
 
+def propagate_jacobian(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor] | None,
+    x0: torch.Tensor,
+    act: Activation,
+    padding_mode: str,
+    spectrum: bool = False,
+    layers: Sequence[int] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The exact Jacobians J^l = ∂h^l/∂x^0 of every member at its inputs x0 (R, k, C_0, *S)
+    (module doc), as `harness.sim.jacobian.propagate` for an MLP: ({quantity: (R, L)} averaged
+    over the k inputs, and with `spectrum` the eigenvalues of J^Lᵀ J^L in float64, ascending,
+    (R, k, C_0·P), else None). `layers` (1-based): compute the moments there only (NaN elsewhere)."""
+    R, k, C0, *S = x0.shape
+    L, N0 = len(weights), C0 * math.prod(S)
+    want = set(range(1, L + 1) if layers is None else layers)
+    out = {q: x0.new_full((R, L), math.nan) for q in jacobian.QUANTITIES}
+    x = x0.transpose(0, 1).reshape(k, R * C0, *S)
+    eye = torch.eye(N0, dtype=x0.dtype, device=x0.device).view(1, N0, 1, C0, *S)
+    t = eye.expand(k, N0, R, C0, *S).reshape(k * N0, R * C0, *S)  # tangent n of input i: i·N0 + n
+    eig = None
+    for l, W in enumerate(weights):
+        h = conv(x, W, padding_mode, None if biases is None else biases[l])  # (k, R·C_l, *S)
+        t = conv(t, W, padding_mode)
+        if l + 1 in want or (spectrum and l == L - 1):
+            per_input = t.view(k, N0, R, -1).permute(2, 0, 3, 1)  # (R, k, N_l, N_0)
+            m1, m2 = jacobian.moments(per_input)
+            out["jacobian_mean"][:, l] = m1.mean(1)
+            out["jacobian_var"][:, l] = (m2 - m1.square()).mean(1)
+            out["jacobian_rel_var"][:, l] = (m2 / m1.square() - 1).mean(1)
+            if spectrum and l == L - 1:
+                sv = torch.linalg.svdvals(per_input.double())  # (R, k, min(N_L, N_0)), descending
+                eig = sv.flip(-1).square()
+                if sv.shape[-1] < N0:  # JᵀJ has N_0 − N_L more zero eigenvalues
+                    eig = torch.cat([eig.new_zeros(R, k, N0 - sv.shape[-1]), eig], -1)
+        if l < L - 1:
+            t = (t.view(k, N0, *h.shape[1:]) * act.dphi(h).unsqueeze(1)).view(t.shape)
+            x = act.phi(h)
+    return out, eig
+
+
 def bytes_per_replicate(spec: Spec) -> int:
     """Peak bytes one replicate of a conv stack needs: its weights, the saved x^0 and
     h^1 … h^{L-1}, a few working activations (padded copies, φ(h), φ'(h), δ), the
-    weight-gradient chunk, and the per-position statistics."""
+    weight-gradient chunk, the per-position statistics, and with jacobian=k its Jacobians
+    (`harness.sim.jacobian.bytes_per_replicate` at widths C·P)."""
     item = torch.empty((), dtype=spec.torch_dtype).element_size()
     P = math.prod(spec.spatial)
     weights = sum(math.prod(s) for s in spec.weight_shapes)
@@ -355,7 +410,9 @@ def bytes_per_replicate(spec: Spec) -> int:
     working = 8 * spec.batch * P * max(spec.widths)
     if not spec.normalization.identity:  # propagate_norm: inputs, N's outputs (post: also h) saved
         saved *= 3
-    return item * (weights + saved + working + 2 * spec.depth * P + 8 * spec.depth)
+    jac = (jacobian.bytes_per_replicate(spec.jacobian, [c * P for c in spec.widths], item)
+           if spec.jacobian else 0)
+    return item * (weights + saved + working + 2 * spec.depth * P + 8 * spec.depth) + jac
 
 
 def recompute_bytes(spec: Spec, segment: int) -> int:
@@ -474,7 +531,7 @@ def predict(spec: Spec) -> dict[str, np.ndarray]:
                 "weight_grad": maps["weight_grad"], "channel_mean_sq": nan,
                 "channel_var": nan.copy()}
     maps = position_maps(spec)
-    return {
+    out = {
         "forward": maps["forward"].mean(axes),
         "activation": maps["x2"][1:].mean(axes),
         "backward": maps["backward"].mean(axes),
@@ -482,6 +539,19 @@ def predict(spec: Spec) -> dict[str, np.ndarray]:
         "channel_mean_sq": nan,
         "channel_var": nan.copy(),
     }
+    return {**predict_jacobian(spec, out["forward"]), **out} if spec.jacobian else out
+
+
+def predict_jacobian(spec: Spec, q: np.ndarray) -> dict[str, np.ndarray]:
+    """jacobian_mean, _var, _rel_var per layer (module doc): `harness.sim.jacobian.predict` with
+    σ_w,l² = fan_in·Var(W^l) and the pooled forward prediction q; NaN with zero padding."""
+    if spec.padding_mode != "circular":
+        return {name: np.full(spec.depth, np.nan) for name in jacobian.QUANTITIES}
+    fan_in = np.array([math.prod(s[1:]) for s in spec.weight_shapes], dtype=np.float64)
+    s2 = fan_in * np.array(spec.weight_variances(), dtype=np.float64)
+    rows = np.array(spec.widths[1:], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        return jacobian.predict(spec.activation, spec.scheme, spec.widths, s2 / rows, q)
 
 
 # ---- the registry entry -----------------------------------------------------------------------
@@ -508,13 +578,13 @@ class Conv(Architecture):
 
     name = "conv"
     label = "conv stacks"
-    capabilities = frozenset({CRITICALITY, POSITIONS})
+    capabilities = frozenset({CRITICALITY, POSITIONS, JACOBIAN})
     keys: Mapping[str, str] = {"kernel": "Int64", "image": "Int64", "padding_mode": "string",
                                "conv_dim": "Int64"}
-    all_quantities = (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
+    all_quantities = (*QUANTITIES[:2], "normed", *QUANTITIES[2:], *jacobian.QUANTITIES)
     # ∂loss/∂W^l[o, i, t] = Σ_p δ^l_o(p) x^{l-1}_i(p + t) sums over positions
     weight_grad_is_outer_product = False
-    memory_keys = ("depth", "width (or widths: channels)", "batch", "image")
+    memory_keys = ("depth", "width (or widths: channels)", "batch", "image", "jacobian")
 
     def config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """`config_keys`."""
@@ -546,9 +616,10 @@ class Conv(Architecture):
         return (spec.kernel,) * spec.conv_dim  # type: ignore[operator]
 
     def quantities(self, spec: Spec) -> tuple[str, ...]:
-        """forward, activation, (normed with a norm), backward, weight_grad and the channel
-        statistics."""
-        return QUANTITIES if spec.normalization.identity else (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
+        """forward, activation, (normed with a norm), backward, weight_grad, the channel
+        statistics, and jacobian_* with jacobian=k > 0 (a norm refuses jacobian=k)."""
+        base = QUANTITIES if spec.normalization.identity else (*QUANTITIES[:2], "normed", *QUANTITIES[2:])
+        return (*base, *jacobian.QUANTITIES) if spec.jacobian else base
 
     def propagate(
         self,
@@ -568,6 +639,19 @@ class Conv(Architecture):
                                   spec.normalization, spec.norm_position, spec.norm_eps, tick)  # type: ignore[arg-type]
         return propagate(weights, biases, x0, cotangent, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
                          tick=tick)
+
+    def jacobian(
+        self,
+        spec: Spec,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor] | None,
+        x0: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`propagate_jacobian` with the run's activation and padding and the last layer's
+        spectrum."""
+        out, eig = propagate_jacobian(weights, biases, x0, spec.activation, spec.padding_mode,  # type: ignore[arg-type]
+                                      spectrum=True)
+        return out, eig  # type: ignore[return-value]
 
     def bytes_per_replicate(self, spec: Spec) -> int:
         """`bytes_per_replicate` (module function)."""

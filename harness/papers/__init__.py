@@ -35,7 +35,7 @@ from harness.core.capabilities import FINITE_WIDTH_BAND
 from harness.core.stats import least_squares_slope
 from harness.outputs.plots import plt
 from harness.outputs.results import METADATA, atomic_write_bytes, layer_matrix, load
-from harness.papers import de_smith2020, isometry, nlo, order_chaos, residual, xiong2020, yang2019
+from harness.papers import de_smith2020, isometry, nlo, order_chaos, residual, xiao2018, xiong2020, yang2019
 from harness.theory import finite_width, hanin
 
 
@@ -374,6 +374,16 @@ def yang_2019(df: pd.DataFrame):
 
 
 EXPERIMENTS["yang2019"] = yang_2019
+
+
+def xiao_2018(df: pd.DataFrame):
+    """Xiao et al. 2018: a tanh conv stack at χ_1 = 1 to depth 10,000, delta-orthogonal vs
+    Gaussian kernels: (a) forward and backward from the sweep, (b) the input's spatial
+    correlation pattern and (c) the Jacobian's spectrum computed by `harness.papers.xiao2018`."""
+    return xiao2018.reproduce(df)
+
+
+EXPERIMENTS["xiao2018"] = xiao_2018
 
 
 def main(argv: list[str] | None = None) -> Path:
