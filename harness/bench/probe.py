@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from harness.core.validate import ConfigError
-from harness.probe import checks, engine, models
+from harness.probe import alloc, checks, engine, models
 from harness.probe.spec import ProbeSpec
 
 #: (label, probe overrides) of the default grid and of --quick
@@ -75,7 +75,7 @@ def bench_model(label: str, overrides: list[str], repeat: int = 3, device: str =
     ens = engine.ensemble(models.resolve(spec.target, f"model {spec.model}"), spec)
     f = engine.point_function(ens, spec)
     R = spec.replicates
-    with engine.quiet():
+    with engine.quiet(), alloc.retained():
         t_vmap, t_loop = _interleaved(lambda: engine._run_vmap(f, ens, R, R, False),
                                       lambda: engine._run_loop(f, ens, R, False), spec.device, repeat)
     return {"model": label, "replicates": R, "batch": spec.batch,
