@@ -7,7 +7,8 @@ gradients, the statistics) is timed over the R replicates both ways: mapped with
 over the stacked parameters, and called once per replicate. Each time is the best of `repeat`
 calls after a warm-up, the two paths' calls alternating so that both see the same load;
 ratio = t_loop / t_vmap (> 1: the batched path is faster). Building the models and the first
-(discovery) pass are not timed: they are the same on both paths.
+(discovery) pass are not timed: they are the same on both paths. Both paths run with freed memory
+kept for reuse (`harness.probe.alloc.retained`), as a probe measures.
 """
 
 from __future__ import annotations
