@@ -189,6 +189,13 @@ def test_harness_scheme_redraws_linear_and_conv_with_torch_semantics():
     assert torch.equal(net.bn1.weight, torch.ones(16)) and torch.equal(net.bn1.bias, torch.zeros(16))
 
 
+def test_numeric_module_names_are_patterns():
+    """Hydra reads modules=[0,1] as ints: they name an nn.Sequential's children."""
+    assert spec_of(modules=[0, "fc", 12]).modules == ("0", "fc", "12")
+    with pytest.raises(ConfigError, match="non-empty list of fnmatch patterns"):
+        spec_of(modules=[True])
+
+
 def test_scheme_resolution_follows_nonlinearity():
     assert spec_of(scheme={"name": "kaiming"}).gain == pytest.approx(math.sqrt(2.0))
     assert spec_of(scheme={"name": "kaiming"}, nonlinearity="tanh").gain == pytest.approx(5 / 3)
