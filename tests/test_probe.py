@@ -25,6 +25,7 @@ from harness.core.validate import ConfigError
 from harness.outputs import compare
 from harness.probe import engine, models
 from harness.probe.spec import ProbeSpec
+from harness.sim import reference
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
@@ -188,6 +189,13 @@ def test_harness_scheme_redraws_linear_and_conv_with_torch_semantics():
     assert torch.equal(net.bn1.weight, torch.ones(16)) and torch.equal(net.bn1.bias, torch.zeros(16))
 
 
+def test_numeric_module_names_are_patterns():
+    """Hydra reads modules=[0,1] as ints: they name an nn.Sequential's children."""
+    assert spec_of(modules=[0, "fc", 12]).modules == ("0", "fc", "12")
+    with pytest.raises(ConfigError, match="non-empty list of fnmatch patterns"):
+        spec_of(modules=[True])
+
+
 def test_scheme_resolution_follows_nonlinearity():
     assert spec_of(scheme={"name": "kaiming"}).gain == pytest.approx(math.sqrt(2.0))
     assert spec_of(scheme={"name": "kaiming"}, nonlinearity="tanh").gain == pytest.approx(5 / 3)
@@ -205,29 +213,72 @@ def mlp(width: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _z(run: pd.DataFrame, probe: pd.DataFrame, pairs: list[tuple[str, int, str, str]]) -> np.ndarray:
+    """|run mean − probe mean| / √(s.e.² + s.e.²) over replicates, one per pair (run quantity,
+    run layer, probe quantity, probe module): independent seeds, so the two means' errors add."""
+    z = []
+    for q, layer, pq, module in pairs:
+        a = run[(run["quantity"] == q) & (run["layer"] == layer)]["value"]
+        b = probe[(probe["quantity"] == pq) & (probe["module"] == module)]["value"]
+        assert len(a) == len(b) > 1, (q, layer, pq, module)
+        z.append(abs(a.mean() - b.mean()) / math.sqrt(a.sem() ** 2 + b.sem() ** 2))
+    return np.array(z)
+
+
+def _bonferroni(points: int, alpha: float = 0.001) -> float:
+    """The two-sided normal quantile that keeps the family-wise error of `points` tests at alpha."""
+    return NormalDist().inv_cdf(1 - alpha / (2 * points))
+
+
 def _agreement(scheme: str) -> np.ndarray:
-    """|probe mean − run mean| / √(s.e.² + s.e.²) per (quantity, layer) for an nn.Sequential equal
-    to arch=mlp (tanh, kaiming, width 32, depth 4) against harness.run's measured values."""
+    """z per (quantity, layer) for an nn.Sequential equal to arch=mlp (tanh, kaiming, width 32,
+    depth 4) against harness.run's measured values; the probe's points are its 4 Linear layers."""
     width, depth, R = 32, 4, 48
     run = harness.run("arch=mlp", "act=tanh", "scheme=kaiming", depth=depth, width=width, batch=8,
-                      replicates=R, seed=1).frame
+                      replicates=R, seed=1, plot=False).frame
     p = harness.probe(lambda: mlp(width, depth), f"scheme={scheme}", nonlinearity="tanh",
-                      input_shape=[width], batch=8, replicates=R, seed=2).frame
-    z = []
-    for q in ("forward", "backward", "weight_grad"):
-        a = run[run["quantity"] == q].groupby("layer")["value"].agg(["mean", "sem"])
-        b = p[p["quantity"] == q].groupby("layer")["value"].agg(["mean", "sem"])
-        z += list(((a["mean"] - b["mean"]).abs() / np.sqrt(a["sem"] ** 2 + b["sem"] ** 2)).to_numpy())
-    return np.array(z)
+                      input_shape=[width], batch=8, replicates=R, seed=2, plot=False).frame
+    return _z(run, p, [(q, l, q, str(2 * (l - 1))) for q in ("forward", "backward", "weight_grad")
+                       for l in range(1, depth + 1)])
 
 
 def test_probe_of_an_mlp_agrees_with_harness_run():
     """12 points (3 quantities × 4 layers), independent seeds: every |difference| within
-    Bonferroni's k at family-wise α = 0.001 (k ≈ 4.0) standard errors of the difference. The
+    Bonferroni's k at family-wise α = 0.001 (k ≈ 3.9) standard errors of the difference. The
     check can fail: the same probe under xavier (gain 1 instead of 5/3) departs at some point."""
-    k = NormalDist().inv_cdf(1 - 0.001 / (2 * 12))
+    k = _bonferroni(12)
     assert _agreement("kaiming").max() < k
     assert _agreement("xavier").max() > k
+
+
+def _resmlp_agreement(scheme: str) -> np.ndarray:
+    """z per (quantity, block) for the plain torch network equal to arch=resmlp (relu, kaiming,
+    width 32, 4 blocks x + W relu(x), `harness.sim.reference.member`: nn.Sequential of
+    ResidualBlock) against harness.run's measured values. Per block l the probe's points are the
+    block's output (the stream x^l: forward, backward = mean (∂loss/∂x^l)²) and its Linear (its
+    output is the branch f_l = W relu(x^{l-1}); its weight gradient)."""
+    width, depth, R = 32, 4, 32
+    res = harness.run("arch=resmlp", "act=relu", "scheme=kaiming", depth=depth, width=width, batch=8,
+                      replicates=R, seed=1, plot=False)
+    blocks = [str(l) for l in range(depth)]
+    p = harness.probe(lambda: reference.member(res.spec), f"scheme={scheme}", nonlinearity="relu",
+                      input_shape=[width], batch=8, replicates=R, seed=2, plot=False,
+                      modules=[*blocks, "*.layers.0"]).frame
+    pairs = []
+    for l, b in enumerate(blocks, 1):
+        pairs += [("forward", l, "forward", b), ("backward", l, "backward", b),
+                  ("branch", l, "forward", f"{b}.layers.0"),
+                  ("weight_grad", l, "weight_grad", f"{b}.layers.0")]
+    return _z(res.frame, p, pairs)
+
+
+def test_probe_of_a_resmlp_agrees_with_harness_run():
+    """16 points (stream forward and backward, branch, weight_grad × 4 blocks) within Bonferroni's
+    k (family-wise α = 0.001, k ≈ 4.0) standard errors of the difference; under xavier (gain 1: the
+    branch adds q/2 instead of q per block) the probe departs."""
+    k = _bonferroni(16)
+    assert _resmlp_agreement("kaiming").max() < k
+    assert _resmlp_agreement("xavier").max() > k
 
 
 # ---- selection errors ---------------------------------------------------------------------------

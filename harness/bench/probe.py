@@ -7,7 +7,8 @@ gradients, the statistics) is timed over the R replicates both ways: mapped with
 over the stacked parameters, and called once per replicate. Each time is the best of `repeat`
 calls after a warm-up, the two paths' calls alternating so that both see the same load;
 ratio = t_loop / t_vmap (> 1: the batched path is faster). Building the models and the first
-(discovery) pass are not timed: they are the same on both paths.
+(discovery) pass are not timed: they are the same on both paths. Both paths run with freed memory
+kept for reuse (`harness.probe.alloc.retained`), as a probe measures.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 
 from harness.core.validate import ConfigError
-from harness.probe import checks, engine, models
+from harness.probe import alloc, checks, engine, models
 from harness.probe.spec import ProbeSpec
 
 #: (label, probe overrides) of the default grid and of --quick
@@ -75,7 +76,7 @@ def bench_model(label: str, overrides: list[str], repeat: int = 3, device: str =
     ens = engine.ensemble(models.resolve(spec.target, f"model {spec.model}"), spec)
     f = engine.point_function(ens, spec)
     R = spec.replicates
-    with engine.quiet():
+    with engine.quiet(), alloc.retained():
         t_vmap, t_loop = _interleaved(lambda: engine._run_vmap(f, ens, R, R, False),
                                       lambda: engine._run_loop(f, ens, R, False), spec.device, repeat)
     return {"model": label, "replicates": R, "batch": spec.batch,

@@ -26,7 +26,10 @@ Both paths run the same per-replicate function (`torch.func.functional_call` on 
 module, gradients by `torch.func.grad`): the batched path maps it over the replicates' stacked
 parameters and buffers (`torch.func.stack_module_state`) with `torch.func.vmap`; the loop path
 calls it once per replicate. A model that vmap cannot trace (data-dependent control flow, .item())
-falls back to the loop (vmap=auto), and the metadata says which path ran and why.
+falls back to the loop (vmap=auto), and the metadata says which path ran and why. Sums of
+squares are fused reductions (‖t‖₂², no temporary of t's size) and glibc keeps freed memory for
+reuse while both paths run (`harness.probe.alloc`): the batched path's R-times larger tensors
+otherwise page-fault in afresh at every allocation.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from harness.core.validate import ConfigError
-from harness.probe import models
+from harness.probe import alloc, models
 from harness.probe.spec import ProbeSpec
 from harness.sim.runner import device_name
 
@@ -209,9 +212,20 @@ def channel_dim(shape: Sequence[int], channels: str) -> int | None:
     return nd - 1
 
 
+def sum_sq(t: torch.Tensor) -> torch.Tensor:
+    """Σ t² as ‖t‖₂², one fused reduction: no temporary of t's size (under vmap such a temporary
+    is R times larger, and freshly allocated blocks that large cost page faults on CPU)."""
+    return torch.linalg.vector_norm(t).square()
+
+
+def mean_sq(t: torch.Tensor) -> torch.Tensor:
+    """mean t² = ‖t‖₂² / #t."""
+    return sum_sq(t) / t.numel()
+
+
 def forward_stats(y: torch.Tensor, cdim: int | None) -> list[torch.Tensor]:
     """[mean y², mean y, mean_c ȳ_c², mean_c Var_c y] (see the module docstring)."""
-    fwd, mean = y.square().mean(), y.mean()
+    fwd, mean = mean_sq(y), y.mean()
     if cdim is None:
         v, m = torch.var_mean(y, correction=0)
         return [fwd, mean, m.square(), v]
@@ -388,6 +402,7 @@ def point_function(ens: Ensemble, spec: ProbeSpec) -> Callable:
     """f(params, buffers, x, cot) -> (points, quantities) statistics of one replicate; vmap maps
     it over the stacked replicates, the loop calls it once per replicate."""
     points, tap, base = ens.points, ens.tap, ens.base
+    used = list(dict.fromkeys(n for p in points for n in p.params))
     nan = torch.tensor(float("nan"), dtype=spec.torch_dtype, device=spec.device)
 
     def f(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
@@ -404,14 +419,17 @@ def point_function(ens: Ensemble, spec: ProbeSpec) -> Callable:
             return (y * cot).sum(), stats
 
         (gp, ge), stats = grad(loss, argnums=(0, 1), has_aux=True)(params, eps)
+        # each parameter once (a block's point shares its leaves' parameters)
+        gsq = {n: sum_sq(gp[n]) for n in used}
+        psq = {n: sum_sq(params[n]) for n in used}
         rows = []
         for pt in points:
-            row = [*stats[pt.key], ge[pt.key].square().mean()]
+            row = [*stats[pt.key], mean_sq(ge[pt.key])]
             if pt.params:
-                sq = sum(gp[n].square().sum() for n in pt.params)
+                sq = sum(gsq[n] for n in pt.params)
                 count = sum(params[n].numel() for n in pt.params)
                 row.append(sq / (count * spec.batch))
-                row.append(torch.sqrt(sum(params[n].square().sum() for n in pt.params)))
+                row.append(torch.sqrt(sum(psq[n] for n in pt.params)))
             else:
                 row += [nan, nan]
             rows.append(torch.stack([v.to(nan.dtype) for v in row]))
@@ -431,6 +449,20 @@ def measure(factory: Callable[..., Any] | nn.Module, spec: ProbeSpec, progress: 
     chunk = spec.chunk or R
     want = path or {"auto": "vmap", "true": "vmap", "false": "loop"}[spec.vmap]
     info = dict(ens.info)
+    with alloc.retained() as how:
+        info["allocator"] = how
+        out = _run(f, ens, spec, R, chunk, want, path, progress, info)
+    if models.SHIMS:
+        info["shims"] = dict(models.SHIMS)
+    values = out.detach().to("cpu", torch.float64).numpy()
+    return ProbeMeasurement(values, ens.points, time.perf_counter() - t0, device_name(spec.device),
+                            chunk if info["path"] == "vmap" else 1, info)
+
+
+def _run(f: Callable, ens: Ensemble, spec: ProbeSpec, R: int, chunk: int, want: str,
+         path: str | None, progress: bool, info: dict[str, Any]) -> torch.Tensor:
+    """The wanted path's (R, points, quantities) values; vmap falls back to the loop when it
+    cannot trace the model (unless forced), recording why in `info`."""
     out = None
     if want == "vmap":
         try:
@@ -449,11 +481,7 @@ def measure(factory: Callable[..., Any] | nn.Module, spec: ProbeSpec, progress: 
     if out is None:
         out = _run_loop(f, ens, R, progress)
         info.setdefault("path", "loop")
-    if models.SHIMS:
-        info["shims"] = dict(models.SHIMS)
-    values = out.detach().to("cpu", torch.float64).numpy()
-    return ProbeMeasurement(values, ens.points, time.perf_counter() - t0, device_name(spec.device),
-                            chunk if info["path"] == "vmap" else 1, info)
+    return out
 
 
 def _run_vmap(f: Callable, ens: Ensemble, R: int, chunk: int, progress: bool) -> torch.Tensor:

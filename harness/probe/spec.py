@@ -226,8 +226,10 @@ def _patterns(cfg: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
     v = cfg.get(key)
     if v is None:
         return None
-    if isinstance(v, str):
+    if isinstance(v, (str, int)) and not isinstance(v, bool):
         v = [v]
+    if isinstance(v, (list, tuple)):  # an nn.Sequential's children are named 0, 1, …: Hydra reads ints
+        v = [str(p) if isinstance(p, int) and not isinstance(p, bool) and p >= 0 else p for p in v]
     if not isinstance(v, (list, tuple)) or not v or not all(isinstance(p, str) and p for p in v):
         raise ConfigError(f"{key} must be a non-empty list of fnmatch patterns, e.g. {key}=[a*,b.*]; "
                           f"got {v!r}")
