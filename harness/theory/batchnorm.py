@@ -547,6 +547,7 @@ def radius_moments(batch: int, r0_sq: float, tau2: float, eps: float = 0.0) -> t
 
     (1/x = ∫ e^{−tx} dt), integrated in ln t. E[σ^{−2}] is finite for B ≥ 4 or r0² > 0 with
     τ² = 0; r0² = 0 gives B/(τ²(B − 3)), the Gaussian unit's."""
+    from scipy import integrate  # only where a BatchNorm residual stack needs it (start-up)
     B, k = batch, batch - 1
     if tau2 == 0.0 and r0_sq == 0.0:
         return math.inf, 0.0
