@@ -104,6 +104,9 @@ def one_thread() -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
 
+#: the largest q at which the expansion is formed (q⁴ stays a float)
+Q_MAX = 1e75
+
 
 def dot(w: np.ndarray, f: np.ndarray) -> float:
     """Σ w f, by einsum: a BLAS dot (`@`) of 18k elements hands off to OpenBLAS's thread pool,
@@ -115,8 +118,9 @@ def expansion(act: Activation, q: float, c: float) -> dict[str, np.ndarray | flo
     """The expectations of the module doc at (u_a, u_b) ~ N(0, q[[1, c], [c, 1]]): V, V1 = V',
     V2 = V'', V4, C, K22, J31 (floats), `gradC` = ∂C/∂(G_aa, G_bb, G_ab) (3,) and
     `hessC` (3, 3), by density-derivative weights on `polar_rule`. nan unless q > 0 is finite and
-    |c| ≤ 1 − C_EDGE."""
-    if not (math.isfinite(q) and q > 0 and math.isfinite(c) and abs(c) <= 1 - C_EDGE):
+    |c| ≤ 1 − C_EDGE and q⁴ is a float (q < 1e75: the second density derivative divides by it;
+    an overflowing run's q would raise OverflowError)."""
+    if not (math.isfinite(q) and 0 < q < Q_MAX and math.isfinite(c) and abs(c) <= 1 - C_EDGE):
         nan = math.nan
         return {"V": nan, "V1": nan, "V2": nan, "V4": nan, "C": nan, "K22": nan, "J31": nan,
                 "gradC": np.full(3, nan), "hessC": np.full((3, 3), nan)}
